@@ -1,0 +1,186 @@
+"""Atomic output helpers (JSON, video, PNG) and image reading, used by every writer in the project.
+
+Every writer goes through `atomic_path`: the data is written to a hidden temporary file next to the
+target and moved onto it with `os.replace` only once writing succeeded, so a crash or an exception
+never leaves a half-written file at the target (and an older file there survives untouched).
+
+Image conventions: arrays are (H, W, 3) RGB, either uint8 or floating point in [0, 1]; floats are
+clipped to [0, 1] and rounded to uint8 on writing. `read_image` returns float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import imageio.v2 as iio2
+import imageio.v3 as iio3
+import numpy as np
+
+from wonderland_jax.errors import InputFileError, WonderlandError
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".gif")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+  """Yields a temporary path to write instead of `path`; moves it onto `path` on success.
+
+  The temporary lives in the same directory (so the final `os.replace` is atomic) and keeps the
+  suffix of `path`, e.g. `out/.scene.ply.tmp-1a2b3c4d5e6f.ply`, so writers that pick a format
+  from the extension still see the right one. It is not created in advance: the caller's writer
+  creates it (with the usual permissions). The parent directory of `path` is created if needed.
+  If the body raises, the temporary is removed and `path` is left as it was. No fsync is done:
+  this protects against crashes of the process, not against power loss.
+  """
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}{path.suffix}")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _json_default(value: Any) -> Any:
+  """Converts numpy / jax scalars and arrays (anything with `tolist`) for `json.dumps`."""
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes `obj` as JSON (indent=2, trailing newline) atomically; numpy/jax values become lists."""
+  text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+  with atomic_path(path) as tmp:
+    tmp.write_text(text, encoding="utf-8")
+
+
+def to_uint8(image: Any) -> np.ndarray:
+  """(H, W, 3) uint8 or float in [0, 1] (clipped) -> (H, W, 3) uint8. Raises ValueError on a bad shape."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[2] != 3:
+    raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+  if image.dtype == np.uint8:
+    return image
+  if not np.issubdtype(image.dtype, np.floating):
+    raise ValueError(f"expected a uint8 or floating-point image, got dtype {image.dtype}")
+  return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _pad_to_even(frame: np.ndarray) -> np.ndarray:
+  """Pads an (H, W, 3) frame at the bottom / right by edge replication to even H and W."""
+  h, w = frame.shape[:2]
+  if h % 2 == 0 and w % 2 == 0:
+    return frame
+  return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[Any], fps: float = 30.0) -> None:
+  """Writes frames to an .mp4 (H.264) or .gif file atomically, streaming one frame at a time.
+
+  Args:
+    path: output file; its extension (.mp4 or .gif, case-insensitive) chooses the format.
+    frames: iterable of (H, W, 3) uint8 or float-in-[0, 1] arrays, all of the same size; at least one.
+    fps: frames per second.
+
+  .mp4 uses libx264 with pixel format yuv420p (playable everywhere) and no macro-block resizing.
+  yuv420p needs even sizes, so a frame with an odd height or width is padded by one row / column
+  (replicating the edge): a 17x33 input gives an 18x34 video. GIF frame durations are rounded by the
+  format to 10 ms. Raises `WonderlandError` for an unsupported extension, ValueError for bad frames.
+  """
+  path = Path(path)
+  ext = path.suffix.lower()
+  if ext not in VIDEO_EXTENSIONS:
+    raise WonderlandError(f"{path}: unsupported video extension {path.suffix!r}; use one of {VIDEO_EXTENSIONS}")
+  iterator = iter(frames)
+  first = next(iterator, None)
+  if first is None:
+    raise ValueError(f"{path}: no frames to write")
+  first = to_uint8(first)
+  shape = first.shape
+
+  def checked(frame: Any) -> np.ndarray:
+    frame = to_uint8(frame)
+    if frame.shape != shape:
+      raise ValueError(f"{path}: all frames must have shape {shape}, got {frame.shape}")
+    return frame
+
+  count = 0
+  with atomic_path(path) as tmp:
+    if ext == ".mp4":
+      if shape[0] % 2 or shape[1] % 2:
+        logger.info("%s: padding odd frame size %dx%d to even for yuv420p", path, shape[0], shape[1])
+      # closing(): imageio's v2 writer does not close on error, which would leave ffmpeg writing
+      # the temporary after atomic_path removed it.
+      with contextlib.closing(iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                              pixelformat="yuv420p", macro_block_size=1)) as writer:
+        for count, frame in enumerate(itertools.chain([first], map(checked, iterator)), 1):
+          writer.append_data(_pad_to_even(frame))
+    else:
+      with iio3.imopen(tmp, "w", plugin="pillow") as writer:
+        for count, frame in enumerate(itertools.chain([first], map(checked, iterator)), 1):
+          writer.write(frame, is_batch=False, duration=1000.0 / fps, loop=0)
+  logger.info("wrote %d frames to %s", count, path)
+
+
+def write_png(path: str | os.PathLike, image: Any) -> None:
+  """Writes one (H, W, 3) uint8 or float-in-[0, 1] image to a .png file atomically."""
+  image = to_uint8(image)
+  with atomic_path(path) as tmp:
+    iio3.imwrite(tmp, image, extension=".png")
+
+
+def write_png_sequence(directory: str | os.PathLike, frames: Iterable[Any]) -> list[Path]:
+  """Writes frames as `directory/frame_00000.png`, `frame_00001.png`, ... (each atomically).
+
+  The directory is created if needed; existing files with other names are left alone. Returns the
+  written paths in order.
+  """
+  directory = Path(directory)
+  paths = []
+  for i, frame in enumerate(frames):
+    paths.append(directory / f"frame_{i:05d}.png")
+    write_png(paths[-1], frame)
+  return paths
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """Reads an image file as float32 (H, W, 3) RGB in [0, 1].
+
+  Decoded by Pillow (PNG, JPEG, WebP, BMP, TIFF, GIF, ...). Alpha is dropped (not composited),
+  grayscale is repeated to 3 channels, integer data is scaled by its dtype's maximum (8- or 16-bit);
+  for multi-frame files the first frame is read. Raises `InputFileError` naming the file when it is
+  missing or cannot be decoded as an image.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise InputFileError(f"{path}: image file not found")
+  try:
+    image = np.asarray(iio3.imread(path, index=0, plugin="pillow"))
+  except Exception as e:  # Decoders raise many types here (OSError, ValueError, struct.error, ...).
+    raise InputFileError(f"{path}: cannot read image: {e}") from e
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+    raise InputFileError(f"{path}: unsupported image shape {image.shape}; expected (H, W[, C]) with C <= 4")
+  if image.shape[2] in (1, 2):  # gray or gray + alpha
+    image = np.repeat(image[:, :, :1], 3, axis=2)
+  image = image[:, :, :3]
+  if np.issubdtype(image.dtype, np.integer):
+    image = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+  elif image.dtype == np.bool_:
+    image = image.astype(np.float32)
+  else:
+    image = np.clip(image.astype(np.float32), 0.0, 1.0)
+  return image
