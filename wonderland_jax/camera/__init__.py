@@ -1,3 +1,25 @@
 """Cameras: the `Camera` pytree, Plücker rays, trajectories and pose-file readers."""
 
 from wonderland_jax.camera.camera import Camera, intrinsics_matrix, rigid_inverse
+from wonderland_jax.camera.io import (
+  PoseSequence,
+  read_colmap_text,
+  read_nerfstudio,
+  read_pose_file,
+  read_realestate10k,
+  write_realestate10k,
+)
+from wonderland_jax.camera.rays import pixel_centers, plucker_rays, ray_bundle, relative_to_first
+from wonderland_jax.camera.trajectories import (
+  CAMERA_OPTIONS,
+  PRESETS,
+  dolly,
+  look_at,
+  make_trajectory,
+  normalize_trajectory_scale,
+  orbit,
+  pan,
+  rebase_to_first,
+  spiral,
+  zoom_out,
+)

@@ -32,10 +32,10 @@ import plyfile
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_path
 from wonderland_jax.splat.gaussians import SH_REST_TO_DEGREE, Gaussians
+from wonderland_jax.splat.sh import SH_C0
 
 logger = logging.getLogger(__name__)
 
-SH_C0 = 0.28209479177387814
 OPACITY_EPS = 1e-6
 MIN_SCALE = 1e-12
 

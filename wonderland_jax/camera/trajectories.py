@@ -1,0 +1,244 @@
+"""Camera-trajectory presets and pose utilities (host-side numpy, float64 internally).
+
+Every preset returns a batched `Camera` of `num_frames` cameras (float32). Motions are defined in the
+start camera's own OpenCV frame (x right, y down, z forward) and applied on the right of `start_c2w`:
+c2w_i = start_c2w @ motion_i with motion_0 = identity, so frame 0 is exactly the start pose and
+"forward", "right" and "vertical" always mean the start camera's axes, whatever its world pose.
+Progress along a trajectory is linear in the frame index: t_i = i / (num_frames - 1).
+
+Keyword options shared by all presets (CAMERA_OPTIONS): `start_c2w` (4, 4) OpenCV camera->world
+(default identity); `K` (3, 3) pixels, or leave it None and give `fov_deg`, the horizontal field of view
+(default 60 degrees; square pixels, principal point at the image centre); `width`, `height` (default
+1024 x 576, the resolution Wonderland generates at).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+
+import numpy as np
+
+from wonderland_jax.camera.camera import Camera
+from wonderland_jax.errors import WonderlandError
+
+DEFAULT_WIDTH = 1024
+DEFAULT_HEIGHT = 576
+DEFAULT_FOV_DEG = 60.0
+OPENCV_WORLD_UP = (0.0, -1.0, 0.0)  # "up" in a frame with OpenCV axes (y points down)
+CAMERA_OPTIONS = ("start_c2w", "K", "width", "height", "fov_deg")  # keyword options of every preset
+
+
+def look_at(eye, target, up=OPENCV_WORLD_UP) -> np.ndarray:
+  """OpenCV camera->world matrices of cameras at `eye` looking at `target`.
+
+  Args:
+    eye, target: (..., 3) positions in world coordinates (broadcast together).
+    up: (3,) or (..., 3) the world's up direction. The default (0, -1, 0) is "up" for a world frame with
+      OpenCV axes (e.g. the frame of an identity start camera); use (0, 0, 1) for a z-up world, etc.
+
+  Returns:
+    (..., 4, 4) float64 c2w: column 2 (camera z) points from eye to target, column 1 (camera y, image
+    down) points along -up projected orthogonally to the viewing direction, column 0 = y x z (image right).
+  """
+  eye, target, up = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (eye, target, up)))
+  forward = target - eye
+  forward_norm = np.linalg.norm(forward, axis=-1, keepdims=True)
+  if np.any(forward_norm <= 1e-12):
+    raise WonderlandError("look_at: eye and target coincide, the viewing direction is undefined")
+  forward = forward / forward_norm
+  right = np.cross(forward, up)
+  right_norm = np.linalg.norm(right, axis=-1, keepdims=True)
+  if np.any(right_norm <= 1e-9):
+    raise WonderlandError(f"look_at: viewing direction is parallel to up={up.reshape(-1, 3)[0].tolist()}")
+  right = right / right_norm
+  down = np.cross(forward, right)
+  c2w = np.zeros(eye.shape[:-1] + (4, 4))
+  c2w[..., :3, 0], c2w[..., :3, 1], c2w[..., :3, 2], c2w[..., :3, 3] = right, down, forward, eye
+  c2w[..., 3, 3] = 1.0
+  return c2w
+
+
+def rebase_to_first(c2w) -> np.ndarray:
+  """(F, 4, 4) c2w -> the same poses in frame 0's frame: inv(c2w_0) @ c2w_i (frame 0 becomes identity)."""
+  c2w = _as_pose_array(c2w, "c2w")
+  return _rigid_inverse(c2w[0]) @ c2w
+
+
+def normalize_trajectory_scale(c2w, target: float = 1.0, mode: str = "max_distance") -> np.ndarray:
+  """Uniformly rescales a trajectory's translations so its size is `target` (rotations unchanged).
+
+  The world is scaled about its origin (positions p_i -> s * p_i), exactly as if the scene had been
+  scaled, so the result is invariant to the input's metric scale (RealEstate10K, ACID and DL3DV use
+  different units). Frame 0 stays at the origin when it started there (e.g. after `rebase_to_first`).
+
+  Args:
+    c2w: (F, 4, 4) camera->world matrices.
+    target: the size the trajectory gets.
+    mode: 'max_distance': the largest distance of any camera centre from camera 0's centre becomes
+      `target`; 'path_length': the summed distance between consecutive camera centres becomes `target`
+      (mean step length target / (F - 1)).
+
+  Returns:
+    (F, 4, 4) rescaled c2w, same float dtype. A degenerate trajectory (all centres at one place, up to
+    float round-off) is returned unchanged.
+  """
+  c2w = _as_pose_array(c2w, "c2w")
+  positions = c2w[:, :3, 3]
+  if mode == "max_distance":
+    size = np.max(np.linalg.norm(positions - positions[0], axis=-1))
+  elif mode == "path_length":
+    size = np.sum(np.linalg.norm(np.diff(positions, axis=0), axis=-1))
+  else:
+    raise WonderlandError(
+      f"normalize_trajectory_scale: unknown mode {mode!r}; valid: 'max_distance', 'path_length'")
+  tolerance = 16 * np.finfo(c2w.dtype).eps * max(1.0, float(np.max(np.abs(positions))))
+  if size <= tolerance:
+    return c2w.copy()
+  scaled = c2w.copy()
+  scaled[:, :3, 3] *= target / size
+  return scaled
+
+
+def orbit(num_frames: int, *, radius: float = 2.0, degrees: float = 60.0, **camera_options) -> Camera:
+  """Orbit about the vertical axis through a target `radius` ahead of the start camera.
+
+  The camera keeps looking at the target (which stays at the principal point) and its distance to the
+  target stays `radius`. `degrees` is the total angle; positive moves the camera to its right (+x).
+  """
+  target = np.array([0.0, 0.0, radius])
+  angles = np.deg2rad(degrees) * _progress(num_frames)
+  motions = _translation(target) @ _rotation_about_y(-angles) @ _translation(-target)
+  return _cameras(motions, **camera_options)
+
+
+def dolly(num_frames: int, *, distance: float = 1.0, **camera_options) -> Camera:
+  """Move forward (start camera's +z) by `distance` in total; orientation fixed."""
+  offsets = _progress(num_frames)[:, None] * np.array([0.0, 0.0, distance])
+  return _cameras(_translation(offsets), **camera_options)
+
+
+def zoom_out(num_frames: int, *, distance: float = 1.0, **camera_options) -> Camera:
+  """Move backward (start camera's -z) by `distance` in total; orientation fixed."""
+  return dolly(num_frames, distance=-distance, **camera_options)
+
+
+def pan(num_frames: int, *, degrees: float = 45.0, direction: str = "right", **camera_options) -> Camera:
+  """Rotate in place about the start camera's vertical (y) axis by `degrees`, towards `direction`.
+
+  direction: 'right' turns the viewing direction towards the start camera's +x, 'left' towards -x.
+  """
+  if direction not in ("left", "right"):
+    raise WonderlandError(f"pan: direction must be 'left' or 'right', got {direction!r}")
+  signed = degrees if direction == "right" else -degrees
+  return _cameras(_rotation_about_y(np.deg2rad(signed) * _progress(num_frames)), **camera_options)
+
+
+def spiral(num_frames: int, *, radius: float = 0.2, num_rotations: float = 1.0, distance: float = 1.0,
+           focus_distance: float = 2.0, **camera_options) -> Camera:
+  """Circle of `radius` around a forward axis, `num_rotations` turns, while advancing `distance`.
+
+  Each camera looks at the point on the axis `focus_distance` ahead of its own depth along the axis. The
+  start camera is the first point of the circle, so the axis lies `radius` from it, tilted by
+  atan(radius / focus_distance) from its viewing direction (the start camera looks at the focus point).
+  """
+  if focus_distance <= 0:
+    raise WonderlandError(f"spiral: focus_distance must be positive, got {focus_distance}")
+  progress = _progress(num_frames)
+  angles = 2 * np.pi * num_rotations * progress
+  depth = distance * progress
+  # Canonical spiral about the z axis; then re-based so that frame 0 is the identity.
+  eyes = np.stack([radius * np.cos(angles), radius * np.sin(angles), depth], -1)
+  targets = np.stack([np.zeros_like(depth), np.zeros_like(depth), depth + focus_distance], -1)
+  return _cameras(rebase_to_first(look_at(eyes, targets)), **camera_options)
+
+
+PRESETS: dict[str, Callable[..., Camera]] = {
+  "orbit": orbit,
+  "dolly": dolly,
+  "zoom-out": zoom_out,
+  "pan-left": functools.partial(pan, direction="left"),
+  "pan-right": functools.partial(pan, direction="right"),
+  "spiral": spiral,
+}
+
+
+def make_trajectory(name: str, num_frames: int, **kwargs) -> Camera:
+  """The preset `name` (a key of PRESETS) with `num_frames` cameras; kwargs go to the preset.
+
+  Raises WonderlandError for an unknown name or parameter, listing the valid ones.
+  """
+  if name not in PRESETS:
+    raise WonderlandError(f"unknown trajectory {name!r}; valid names: {', '.join(PRESETS)}")
+  preset = PRESETS[name]
+  fixed = getattr(preset, "keywords", {})  # e.g. direction of the pan-left / pan-right partials
+  valid = [p.name for p in inspect.signature(preset).parameters.values()
+           if p.kind == p.KEYWORD_ONLY and p.name not in fixed] + list(CAMERA_OPTIONS)
+  unknown = sorted(set(kwargs) - set(valid))
+  if unknown:
+    raise WonderlandError(f"trajectory {name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(valid)}")
+  return preset(num_frames, **kwargs)
+
+
+def _cameras(motions: np.ndarray, start_c2w=None, K=None, width: int = DEFAULT_WIDTH,
+             height: int = DEFAULT_HEIGHT, fov_deg: float | None = None) -> Camera:
+  """Batched float32 Camera with c2w_i = start_c2w @ motions_i; see the module docstring for the rest."""
+  start = np.eye(4) if start_c2w is None else _as_pose_array(start_c2w, "start_c2w", batched=False)
+  c2w = (start.astype(np.float64) @ motions).astype(np.float32)
+  if K is not None:
+    if fov_deg is not None:
+      raise WonderlandError("trajectory: give either K or fov_deg, not both")
+    K = np.asarray(K, np.float32)
+    if K.shape != (3, 3):
+      raise WonderlandError(f"trajectory: K must have shape (3, 3), got {K.shape}")
+    return Camera.from_c2w(c2w, K, width, height)
+  return Camera.from_fov(c2w, width, height, fov_x_deg=DEFAULT_FOV_DEG if fov_deg is None else fov_deg)
+
+
+def _progress(num_frames: int) -> np.ndarray:
+  """(F,) t_i = i / (F - 1), the fraction of the motion done at frame i ([0.] for a single frame)."""
+  if int(num_frames) != num_frames or num_frames < 1:
+    raise WonderlandError(f"num_frames must be a positive integer, got {num_frames!r}")
+  return np.linspace(0.0, 1.0, int(num_frames))
+
+
+def _translation(offsets: np.ndarray) -> np.ndarray:
+  """(..., 3) offsets -> (..., 4, 4) pure translations."""
+  offsets = np.asarray(offsets, np.float64)
+  matrices = np.broadcast_to(np.eye(4), offsets.shape[:-1] + (4, 4)).copy()
+  matrices[..., :3, 3] = offsets
+  return matrices
+
+
+def _rotation_about_y(angles: np.ndarray) -> np.ndarray:
+  """(F,) angles (radians) -> (F, 4, 4) rotations about +y; positive turns +z towards +x."""
+  cos, sin = np.cos(angles), np.sin(angles)
+  matrices = np.broadcast_to(np.eye(4), np.shape(angles) + (4, 4)).copy()
+  matrices[..., 0, 0], matrices[..., 0, 2] = cos, sin
+  matrices[..., 2, 0], matrices[..., 2, 2] = -sin, cos
+  return matrices
+
+
+def _rigid_inverse(matrix: np.ndarray) -> np.ndarray:
+  rotation_t = np.swapaxes(matrix[..., :3, :3], -1, -2)
+  inverse = np.broadcast_to(np.eye(4, dtype=matrix.dtype), matrix.shape).copy()
+  inverse[..., :3, :3] = rotation_t
+  inverse[..., :3, 3] = -np.einsum("...ij,...j->...i", rotation_t, matrix[..., :3, 3])
+  return inverse
+
+
+def _as_pose_array(c2w, name: str, batched: bool = True) -> np.ndarray:
+  """Float numpy copy of (F, 4, 4) (or (4, 4) when not batched) poses; (3, 4) rows are completed."""
+  c2w = np.asarray(c2w)
+  if not np.issubdtype(c2w.dtype, np.floating):
+    c2w = c2w.astype(np.float64)
+  if c2w.shape[-2:] == (3, 4):
+    bottom = np.broadcast_to(np.array([0, 0, 0, 1], c2w.dtype), c2w.shape[:-2] + (1, 4))
+    c2w = np.concatenate([c2w, bottom], -2)
+  expected_ndim = 3 if batched else 2
+  if c2w.ndim != expected_ndim or c2w.shape[-2:] != (4, 4) or (batched and c2w.shape[0] == 0):
+    expected = "(F, 4, 4) with F >= 1" if batched else "(4, 4)"
+    raise WonderlandError(f"{name} must have shape {expected}, got {c2w.shape}")
+  return c2w.copy()
