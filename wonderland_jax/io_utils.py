@@ -16,6 +16,9 @@ import json
 import logging
 import os
 import secrets
+import shutil
+import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,8 +126,11 @@ def write_video(path: str | os.PathLike, frames: Iterable[Any], fps: float = 30.
         logger.info("%s: padding odd frame size %dx%d to even for yuv420p", path, shape[0], shape[1])
       # closing(): imageio's v2 writer does not close on error, which would leave ffmpeg writing
       # the temporary after atomic_path removed it.
-      with contextlib.closing(iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                              pixelformat="yuv420p", macro_block_size=1)) as writer:
+      writer = iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                               pixelformat="yuv420p", macro_block_size=1)
+      # ffmpeg starts with the first frame, by fork+exec: JAX's warning about forking does not apply.
+      with contextlib.closing(writer), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         for count, frame in enumerate(itertools.chain([first], map(checked, iterator)), 1):
           writer.append_data(_pad_to_even(frame))
     else:
@@ -153,6 +159,24 @@ def write_png_sequence(directory: str | os.PathLike, frames: Iterable[Any]) -> l
     paths.append(directory / f"frame_{i:05d}.png")
     write_png(paths[-1], frame)
   return paths
+
+
+def write_png_dir(directory: str | os.PathLike, frames: Iterable[Any]) -> list[Path]:
+  """Writes `frames` as PNGs into `directory` all or nothing: into a hidden staging directory first, which
+  is then renamed. `directory` must not exist or be empty (an InputFileError otherwise)."""
+  directory = Path(directory)
+  if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    raise InputFileError(f"{directory}: exists and is not an empty directory")
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+  try:
+    names = [path.name for path in write_png_sequence(staging, frames)]
+    if directory.exists():
+      directory.rmdir()
+    os.replace(staging, directory)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return [directory / name for name in names]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
