@@ -89,21 +89,46 @@ def _chunk(gaussian_ids, starts, ends, chunk_index, layout: CompositeLayout):
   return positions, valid, ids
 
 
-def _batched(layout: CompositeLayout, *per_tile):
-  """Pads per-tile arrays (num_tiles, ...) to whole batches and reshapes to (num_batches, G, ...)."""
+def _tile_order(tile_start, tile_end, layout: CompositeLayout):
+  """Tiles sorted by their number of pairs (most first), so that the tiles of one batch, which advance
+  together, have similar amounts of work. None when there is a single batch (order does not matter)."""
+  if layout.num_batches == 1:
+    return None
+  return jnp.argsort(tile_start - tile_end, stable=True)
+
+
+def _batched(layout: CompositeLayout, order, *per_tile):
+  """Per-tile arrays (num_tiles, ...) taken in `order`, padded to whole batches: (num_batches, G, ...)."""
   padded = layout.num_batches * layout.batch
   out = []
   for array in per_tile:
+    array = array if order is None else array[order]
     array = jnp.pad(array, [(0, padded - array.shape[0])] + [(0, 0)] * (array.ndim - 1))
     out.append(array.reshape((layout.num_batches, layout.batch) + array.shape[1:]))
   return out
 
 
-def _forward(means2d, conics, opacities, features, gaussian_ids, tile_start, tile_end, layout):
-  dtype = features.dtype
+def _unbatched(layout: CompositeLayout, order, batched):
+  """Inverse of `_batched` for one array: (num_batches, G, ...) -> (num_tiles, ...) in tile order."""
+  array = batched.reshape((-1,) + batched.shape[2:])[: layout.num_tiles]
+  return array if order is None else jnp.zeros_like(array).at[order].set(array)
+
+
+def _pack(means2d, conics, opacities, features):
+  """One (N, 6 + F) table [mean x, mean y, conic a, b, c, opacity, features...]: one gather per chunk."""
+  return jnp.concatenate([means2d, conics, opacities[:, None], features], -1)
+
+
+def _unpack(table):
+  return table[..., 0:2], table[..., 2:5], table[..., 5], table[..., 6:]
+
+
+def _forward(table, gaussian_ids, tile_start, tile_end, layout):
+  dtype = table.dtype
   pixels_per_tile = layout.tile_size ** 2
   tile_index = jnp.arange(layout.num_tiles, dtype=jnp.int32)
-  starts, ends, tiles = _batched(layout, tile_start, tile_end, tile_index)
+  order = _tile_order(tile_start, tile_end, layout)
+  starts, ends, tiles = _batched(layout, order, tile_start, tile_end, tile_index)
 
   def run_batch(xs):
     starts, ends, tiles = xs
@@ -118,25 +143,25 @@ def _forward(means2d, conics, opacities, features, gaussian_ids, tile_start, til
       chunk_index, transmittance, accum, last, done = state
       positions, valid, ids = _chunk(gaussian_ids, starts, ends, chunk_index, layout)
       keep = valid[:, None, :] & ~done[:, :, None]
-      alpha = _alpha(means2d[ids], conics[ids], opacities[ids], pixels, keep, layout)
+      chunk_means, chunk_conics, chunk_opacities, chunk_features = _unpack(table[ids])
+      alpha = _alpha(chunk_means, chunk_conics, chunk_opacities, pixels, keep, layout)
       inclusive = transmittance[..., None] * jnp.cumprod(1.0 - alpha, axis=-1)
       contributes = inclusive >= layout.transmittance_min
       alpha = jnp.where(contributes, alpha, 0.0)
-      delta, transmittance = _blend(alpha, features[ids], transmittance)
+      delta, transmittance = _blend(alpha, chunk_features, transmittance)
       added = contributes & (alpha > 0)
       last = jnp.maximum(last, jnp.max(jnp.where(added, positions[:, None, :] + 1, 0), -1))
       return chunk_index + 1, transmittance, accum + delta, last, done | ~contributes[..., -1]
 
     state = (jnp.zeros((), jnp.int32), jnp.ones((layout.batch, pixels_per_tile), dtype),
-             jnp.zeros((layout.batch, pixels_per_tile, features.shape[-1]), dtype),
+             jnp.zeros((layout.batch, pixels_per_tile, table.shape[-1] - 6), dtype),
              jnp.zeros((layout.batch, pixels_per_tile), jnp.int32),
              jnp.zeros((layout.batch, pixels_per_tile), bool))
     _, transmittance, accum, last, _ = jax.lax.while_loop(cond, body, state)
     return accum, transmittance, last
 
-  accum, transmittance, last = jax.lax.map(run_batch, (starts, ends, tiles))
-  unbatch = lambda x: x.reshape((-1,) + x.shape[2:])[: layout.num_tiles]
-  return unbatch(accum), unbatch(transmittance), unbatch(last)
+  outputs = jax.lax.map(run_batch, (starts, ends, tiles))
+  return tuple(_unbatched(layout, order, x) for x in outputs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
@@ -148,25 +173,25 @@ def composite(means2d, conics, opacities, features, gaussian_ids, tile_start, ti
   Returns: accumulated features (num_tiles, P, F) and final transmittance (num_tiles, P), P = tile_size**2,
   tiles row-major, pixels row-major within a tile.
   """
-  accum, transmittance, _ = _forward(means2d, conics, opacities, features, gaussian_ids, tile_start,
-                                     tile_end, layout)
+  table = _pack(means2d, conics, opacities, features)
+  accum, transmittance, _ = _forward(table, gaussian_ids, tile_start, tile_end, layout)
   return accum, transmittance
 
 
 def _composite_fwd(means2d, conics, opacities, features, gaussian_ids, tile_start, tile_end, layout):
-  accum, transmittance, last = _forward(means2d, conics, opacities, features, gaussian_ids, tile_start,
-                                        tile_end, layout)
-  residuals = (means2d, conics, opacities, features, gaussian_ids, tile_start, tile_end, transmittance, last)
-  return (accum, transmittance), residuals
+  table = _pack(means2d, conics, opacities, features)
+  accum, transmittance, last = _forward(table, gaussian_ids, tile_start, tile_end, layout)
+  return (accum, transmittance), (table, gaussian_ids, tile_start, tile_end, transmittance, last)
 
 
 def _composite_bwd(layout, residuals, cotangents):
-  means2d, conics, opacities, features, gaussian_ids, tile_start, tile_end, final_t, last = residuals
+  table, gaussian_ids, tile_start, tile_end, final_t, last = residuals
   grad_accum, grad_transmittance = cotangents
-  dtype = features.dtype
-  num_gaussians = means2d.shape[0]
+  dtype = table.dtype
+  num_gaussians = table.shape[0]
   tile_index = jnp.arange(layout.num_tiles, dtype=jnp.int32)
-  xs = _batched(layout, tile_start, tile_end, tile_index, final_t, last, grad_accum, grad_transmittance)
+  xs = _batched(layout, _tile_order(tile_start, tile_end, layout), tile_start, tile_end, tile_index, final_t,
+                last, grad_accum, grad_transmittance)
 
   def run_batch(grads, xs):
     starts, ends, tiles, final_t, last, grad_accum, grad_final_t = xs
@@ -179,22 +204,26 @@ def _composite_bwd(layout, residuals, cotangents):
       chunk_index = num_chunks - 1 - step
       positions, valid, ids = _chunk(gaussian_ids, starts, ends, chunk_index, layout)
       keep = valid[:, None, :] & (positions[:, None, :] < last[:, :, None])
-      alpha, alpha_vjp = jax.vjp(lambda m, q, o: _alpha(m, q, o, pixels, keep, layout),
-                                 means2d[ids], conics[ids], opacities[ids])
+      chunk = table[ids]
+
+      def chunk_alpha(chunk):
+        chunk_means, chunk_conics, chunk_opacities, _ = _unpack(chunk)
+        return _alpha(chunk_means, chunk_conics, chunk_opacities, pixels, keep, layout)
+
+      alpha, alpha_vjp = jax.vjp(chunk_alpha, chunk)
       transmittance_before = transmittance_after / jnp.prod(1.0 - alpha, axis=-1)
-      _, blend_vjp = jax.vjp(_blend, alpha, features[ids], transmittance_before)
+      _, blend_vjp = jax.vjp(_blend, alpha, _unpack(chunk)[3], transmittance_before)
       grad_alpha, grad_features, grad_before = blend_vjp((grad_accum, grad_after))
-      chunk_grads = alpha_vjp(grad_alpha) + (grad_features,)
-      scatter_ids = jnp.where(valid, ids, num_gaussians)
-      grads = tuple(total.at[scatter_ids].add(part, mode="drop") for total, part in zip(grads, chunk_grads))
+      (grad_chunk,) = alpha_vjp(grad_alpha)
+      grad_chunk = grad_chunk.at[..., 6:].add(grad_features)
+      grads = grads.at[jnp.where(valid, ids, num_gaussians)].add(grad_chunk, mode="drop")
       return transmittance_before, grad_before, grads
 
     _, _, grads = jax.lax.fori_loop(0, num_chunks, body, (final_t, grad_final_t, grads))
     return grads, None
 
-  zeros = tuple(jnp.zeros_like(x) for x in (means2d, conics, opacities, features))
-  grads, _ = jax.lax.scan(run_batch, zeros, xs)
-  return grads + (None, None, None)
+  grads, _ = jax.lax.scan(run_batch, jnp.zeros_like(table), xs)
+  return _unpack(grads) + (None, None, None)
 
 
 composite.defvjp(_composite_fwd, _composite_bwd)

@@ -55,15 +55,19 @@ class RasterSettings:
   antialiased: bool = False
   alpha_max: float = 0.99
   radius_rule: RadiusRule = "max_eigen"
-  chunk_size: int = 32
+  chunk_size: int | None = None
   tiles_per_batch: int | None = None
 
   def layout(self, camera: Camera) -> CompositeLayout:
+    """Work sizes default by backend: on CPU small batches of tiles (sorted by work) balance load best
+    (docs/benchmarks.md); on accelerators all tiles at once, up to ~4M alphas per block, for parallelism."""
     grid_width = -(-camera.width // self.tile_size)
     grid_height = -(-camera.height // self.tile_size)
-    tiles_per_batch = self.tiles_per_batch or max(1, (1 << 22) // (self.tile_size ** 2 * self.chunk_size))
-    return CompositeLayout(grid_width, grid_height, self.tile_size, self.chunk_size, tiles_per_batch,
-                           self.alpha_max)
+    on_cpu = jax.default_backend() == "cpu"
+    chunk_size = self.chunk_size or (16 if on_cpu else 32)
+    tiles_per_batch = self.tiles_per_batch or (64 if on_cpu else
+                                               max(1, (1 << 22) // (self.tile_size ** 2 * chunk_size)))
+    return CompositeLayout(grid_width, grid_height, self.tile_size, chunk_size, tiles_per_batch, self.alpha_max)
 
   def project(self, gaussians: Gaussians, camera: Camera):
     return project(gaussians, camera, tile_size=self.tile_size, near=self.near, far=self.far,
@@ -73,7 +77,7 @@ class RasterSettings:
 def rasterize(gaussians: Gaussians, camera: Camera, *, background=None, tile_size: int = 16,
               near: float = 0.01, far: float = 1e10, antialiased: bool = False, alpha_max: float = 0.99,
               radius_rule: RadiusRule = "max_eigen", eps2d: float = 0.3, capacity: int | None = None,
-              chunk_size: int = 32, tiles_per_batch: int | None = None) -> RenderOutput:
+              chunk_size: int | None = None, tiles_per_batch: int | None = None) -> RenderOutput:
   """Renders `gaussians` from `camera` (one camera, or a batch with a leading axis).
 
   Args:
@@ -88,7 +92,8 @@ def rasterize(gaussians: Gaussians, camera: Camera, *, background=None, tile_siz
       3-sigma per axis); decides which tiles a Gaussian is binned to.
     eps2d: screen-space dilation of the 2D covariance, pixels^2.
     capacity: size of the Gaussian-tile pair buffer (required under jit/vmap; see module docstring).
-    chunk_size, tiles_per_batch: compositing work sizes (speed/memory trade-off, no effect on results).
+    chunk_size, tiles_per_batch: compositing work sizes (speed/memory trade-off, no effect on results);
+      None picks per-backend defaults (see `RasterSettings.layout`).
   """
   settings = RasterSettings(tile_size, near, far, eps2d, antialiased, alpha_max, radius_rule, chunk_size,
                             tiles_per_batch)
