@@ -19,7 +19,7 @@ import numpy as np
 from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
 from wonderland_jax.demo import run_demo
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.io_utils import write_png_dir, write_video
+from wonderland_jax.io_utils import VIDEO_EXTENSIONS, write_png_dir, write_video
 from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 
@@ -34,6 +34,16 @@ def _size(text: str) -> tuple[int, int]:
   if width <= 0 or height <= 0:
     raise argparse.ArgumentTypeError(f"--size must be positive, got {text!r}")
   return width, height
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+  return value
 
 
 def _parameter(text: str) -> tuple[str, float]:
@@ -54,6 +64,8 @@ def _color(text: str) -> tuple[float, ...]:
 def _render(args: argparse.Namespace) -> None:
   if args.out is None and args.png_dir is None:
     raise WonderlandError("render: give --out VIDEO.mp4 and/or --png-dir DIR")
+  if args.out is not None and Path(args.out).suffix.lower() not in VIDEO_EXTENSIONS:
+    raise WonderlandError(f"--out {args.out}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
   gaussians = load_ply(args.ply)
   width, height = args.size or (512, 512)
   if args.trajectory in PRESETS:
@@ -97,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
   render.add_argument("--trajectory", default="orbit",
                       help="a preset (orbit, dolly, zoom-out, pan-left, pan-right, spiral) or a pose file: "
                            "RealEstate10K .txt (needs --size), nerfstudio transforms.json, COLMAP text model dir")
-  render.add_argument("--frames", type=int, default=60, help="number of frames (pose files: evenly subsampled)")
+  render.add_argument("--frames", type=_positive_int, default=60,
+                      help="number of frames (pose files: evenly subsampled)")
   render.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default 512x512 for presets)")
   render.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of presets, degrees")
   render.add_argument("--start", choices=("auto", "identity"), default="auto",
@@ -114,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
   demo = commands.add_parser("demo", help="the embedded default: recover a procedural scene by gradient descent "
                                           "through the rasterizer and write scene.ply, flythrough.mp4, report")
   demo.add_argument("--out", default="wonderland_demo", help="output directory")
-  demo.add_argument("--steps", type=int, default=300, help="optimisation steps")
+  demo.add_argument("--steps", type=_positive_int, default=300, help="optimisation steps")
   demo.add_argument("--seed", type=int, default=0)
   demo.set_defaults(run=_demo)
   return parser
