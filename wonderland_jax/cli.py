@@ -2,6 +2,7 @@
 
   wonderland render --ply scene.ply --trajectory orbit --frames 60 --size 512x512 --out orbit.mp4
   wonderland demo --out demo_out
+  wonderland convert vae --src CogVideoX-5b --out checkpoints/vae --dtype bfloat16
 
 Errors a user can fix (bad flags, missing or malformed files) print one line and exit with status 2.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wonderland_jax import convert
 from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
 from wonderland_jax.demo import run_demo
 from wonderland_jax.errors import WonderlandError
@@ -99,6 +101,10 @@ def _demo(args: argparse.Namespace) -> None:
   run_demo(Path(args.out), steps=args.steps, seed=args.seed)
 
 
+def _convert(args: argparse.Namespace) -> None:
+  convert.convert(args.model, args.src, args.out, overwrite=args.overwrite, dtype=args.dtype)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="wonderland", description=__doc__.split("\n\n")[0])
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -130,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--steps", type=_positive_int, default=300, help="optimisation steps")
   demo.add_argument("--seed", type=int, default=0)
   demo.set_defaults(run=_demo)
+
+  converting = commands.add_parser("convert", help="import a public diffusers checkpoint (safetensors) into a "
+                                                   "wonderland checkpoint (Orbax params + model config)")
+  converting.add_argument("model", choices=sorted(convert.CONVERTERS), help="which model to convert")
+  converting.add_argument("--src", required=True,
+                          help="the model folder (config.json + *.safetensors) or the pipeline root holding it")
+  converting.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
+  converting.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+  converting.add_argument("--dtype", choices=sorted(convert.DTYPES), default="float32",
+                          help="dtype of the stored params")
+  converting.set_defaults(run=_convert)
   return parser
 
 

@@ -1,0 +1,405 @@
+"""Model checkpoints: the nnx.Params of a model in Orbax format, plus the kind and config to rebuild it.
+
+    save("ckpt/vae", model_or_params, kind="cogvideox_vae", config=config)
+    model = load("ckpt/vae")                                         # on the default device
+    model = load("ckpt/vae", mesh=mesh, rules=[("mlp", "tensor")])   # sharded by logical axis names
+
+A checkpoint directory holds
+
+    wonderland_model.json   {"format": 1, "kind": ..., "config": {...}, "metadata": {...} or null}
+    params/                 Orbax (StandardCheckpointer) checkpoint of the nnx.Param state as a pure dict
+                            pytree, e.g. {'encoder': {'down_blocks': {0: {'conv': {'kernel': array}}}}}
+
+Models are rebuilt from (kind, config) through a registry: a model module calls
+`register_model(kind, build)` with `build(config: dict, rngs: nnx.Rngs) -> nnx.Module`. Kinds whose module is
+known (`KNOWN_KINDS`) are imported on first use, so `load` works without importing the model module first.
+
+`save` writes everything into a hidden sibling directory renamed onto the target at the end: a failure leaves
+nothing behind, and `overwrite=True` replaces an existing checkpoint only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+
+from wonderland_jax.errors import InputFileError, WonderlandError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+MODEL_JSON = "wonderland_model.json"
+PARAMS_DIR = "params"
+# kind -> module whose import registers it.
+KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae"}
+ModelBuilder = Callable[[dict, nnx.Rngs], nnx.Module]
+LogicalRules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
+
+_BUILDERS: dict[str, ModelBuilder] = {}
+
+
+def register_model(kind: str, build: ModelBuilder) -> None:
+  """Registers `build(config, rngs) -> nnx.Module` as the way to rebuild checkpoints of `kind`."""
+  if kind in _BUILDERS and _BUILDERS[kind] is not build:
+    logger.debug("model kind %r re-registered", kind)
+  _BUILDERS[kind] = build
+
+
+def known_kinds() -> list[str]:
+  return sorted(set(_BUILDERS) | set(KNOWN_KINDS))
+
+
+def model_builder(kind: str) -> ModelBuilder:
+  """The builder registered for `kind`, importing its module first if it is a known kind.
+
+  Raises `WonderlandError` listing the known kinds for an unknown kind or one whose module is missing."""
+  if kind not in _BUILDERS and kind in KNOWN_KINDS:
+    module = KNOWN_KINDS[kind]
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name is None or not module.startswith(e.name):
+        raise  # The module exists but one of its imports does not: a broken install, not an unknown kind.
+      raise WonderlandError(f"model kind {kind!r} needs {module}, which is not available ({e}); "
+                            f"known kinds: {', '.join(known_kinds())}") from None
+  if kind not in _BUILDERS:
+    raise WonderlandError(f"unknown model kind {kind!r}; known kinds: {', '.join(known_kinds()) or '(none)'}")
+  return _BUILDERS[kind]
+
+
+def _builder(kind_or_build: str | ModelBuilder) -> ModelBuilder:
+  return model_builder(kind_or_build) if isinstance(kind_or_build, str) else kind_or_build
+
+
+def abstract_model(kind_or_build: str | ModelBuilder, config: dict) -> nnx.Module:
+  """The model with `jax.ShapeDtypeStruct` values instead of arrays (nothing allocated or initialised).
+
+  Built with eager sharding off, so params annotated with `nnx.with_partitioning` need no mesh here."""
+  build = _builder(kind_or_build)
+  with nnx.use_eager_sharding(False):
+    return nnx.eval_shape(lambda: build(config, nnx.Rngs(0)))
+
+
+def _other_state(build: ModelBuilder, config: dict, abstract: nnx.Module) -> nnx.State:
+  """The non-Param variables (RNG streams, batch stats, ...) the constructor makes, computed under jit so
+  that XLA drops the (unused) param initialisation; skipped when the model has none."""
+  others = nnx.split(abstract, nnx.Param, ...)[2]
+  if not jax.tree.leaves(others):
+    return others
+
+  def make():
+    with nnx.use_eager_sharding(False):
+      return nnx.split(build(config, nnx.Rngs(0)), nnx.Param, ...)[2]
+  return jax.jit(make)()
+
+
+def _as_param_state(abstract: nnx.Module, params: Any) -> nnx.State:
+  """A Param state of `abstract`'s structure holding the arrays of `params` (State, Module or pure dict)."""
+  flat = _flat_pure(_pure_params(params))
+  leaves = dict(nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
+  missing = [p for p in leaves if p not in flat]
+  extra = [p for p in flat if p not in leaves]
+  wrong = [f"{_dotted(p)}: {tuple(np.shape(flat[p]))} vs {tuple(leaves[p].get_value().shape)}"
+           for p in leaves if p in flat and tuple(np.shape(flat[p])) != tuple(leaves[p].get_value().shape)]
+  if missing or extra or wrong:
+    parts = (_listed("missing", [_dotted(p) for p in missing]), _listed("unexpected", [_dotted(p) for p in extra]),
+             _listed("shape (given vs model)", wrong))
+    raise WonderlandError("params do not fit the model: " + "; ".join(part for part in parts if part))
+  return nnx.from_flat_state([(p, leaf.replace(flat[p])) for p, leaf in leaves.items()])
+
+
+def instantiate(kind_or_build: str | ModelBuilder, config: dict, params: Any) -> nnx.Module:
+  """Builds the model of `config` holding `params` (an nnx.Param State, a pure dict or a Module) without
+  running the param initialisers; other variables (RNG streams, ...) come from the constructor (seed 0)."""
+  build = _builder(kind_or_build)
+  abstract = abstract_model(build, config)
+  graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
+  return nnx.merge(graphdef, _as_param_state(abstract, params), _other_state(build, config, abstract))
+
+
+# Pure dict helpers --------------------------------------------------------------------------------------
+
+
+def _pure_params(model_or_params: Any) -> dict:
+  if isinstance(model_or_params, nnx.Module):
+    return nnx.to_pure_dict(nnx.state(model_or_params, nnx.Param))
+  if isinstance(model_or_params, nnx.State):
+    return nnx.to_pure_dict(nnx.filter_state(model_or_params, nnx.Param))
+  if isinstance(model_or_params, Mapping):
+    return dict(model_or_params)
+  raise TypeError(f"expected an nnx.Module, an nnx.State or a pure dict of params, got "
+                  f"{type(model_or_params).__name__}")
+
+
+def _flat_pure(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flat_pure(value, prefix + (key,)))
+    else:
+      flat[prefix + (key,)] = value
+  return flat
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict:
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  return tree
+
+
+def _dotted(path: tuple) -> str:
+  return ".".join(str(p) for p in path)
+
+
+def _listed(title: str, items: list[str], cap: int = 20) -> str:
+  if not items:
+    return ""
+  more = f", ... ({len(items) - cap} more)" if len(items) > cap else ""
+  return f"{len(items)} {title}: " + ", ".join(items[:cap]) + more
+
+
+# Saving --------------------------------------------------------------------------------------------------
+
+
+def _check_replaceable(directory: Path, overwrite: bool) -> None:
+  """Raises unless `directory` may be written: absent, or (with overwrite) an empty directory or a checkpoint."""
+  if not directory.exists() and not directory.is_symlink():
+    return
+  if not overwrite:
+    raise WonderlandError(f"{directory}: already exists; pass overwrite (--overwrite) to replace it")
+  if not directory.is_dir() or directory.is_symlink():
+    raise WonderlandError(f"{directory}: exists and is not a directory; refusing to replace it")
+  if any(directory.iterdir()) and not (directory / MODEL_JSON).is_file():
+    raise WonderlandError(f"{directory}: exists and is not a wonderland checkpoint (no {MODEL_JSON}); "
+                          "refusing to replace it")
+
+
+def check_output(directory: str | os.PathLike, overwrite: bool = False) -> None:
+  """Raises `WonderlandError` unless `save(directory, ..., overwrite=overwrite)` could write there; for
+  tools that want to fail before doing any work."""
+  _check_replaceable(Path(directory), overwrite)
+
+
+def save(directory: str | os.PathLike, model_or_params: Any, *, kind: str, config: dict, overwrite: bool = False,
+         metadata: dict | None = None) -> Path:
+  """Writes a checkpoint (see the module docstring) of a model's nnx.Params; returns the directory.
+
+  Args:
+    directory: the checkpoint directory; its parent is created if needed.
+    model_or_params: an nnx.Module, an nnx.State (its nnx.Params are saved) or a pure dict of arrays.
+    kind: the registered model kind that rebuilds it (not checked here; `load` needs it registered).
+    config: the JSON-serialisable config passed to the kind's builder.
+    overwrite: replace an existing checkpoint (or empty directory) at `directory`; anything else is refused.
+    metadata: JSON-serialisable extra information (source, dtype, ...).
+
+  Raises `WonderlandError` if `directory` exists (without overwrite) or config / metadata are not JSON.
+  """
+  directory = Path(directory)
+  _check_replaceable(directory, overwrite)
+  params = _pure_params(model_or_params)
+  abstract = [_dotted(p) for p, v in _flat_pure(params).items() if not hasattr(v, "dtype") or
+              isinstance(v, jax.ShapeDtypeStruct)]
+  if abstract:
+    raise WonderlandError(f"{directory}: cannot save params without values: {', '.join(abstract[:10])}")
+  try:
+    description = json.dumps({"format": FORMAT, "kind": kind, "config": config, "metadata": metadata}, indent=2)
+  except (TypeError, ValueError) as e:
+    raise WonderlandError(f"{directory}: config / metadata are not JSON-serialisable: {e}") from e
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+  old = None
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(staging / PARAMS_DIR, params)
+    (staging / MODEL_JSON).write_text(description + "\n", encoding="utf-8")
+    if directory.exists():
+      old = directory.with_name(f".{directory.name}.old-{secrets.token_hex(6)}")
+      os.replace(directory, old)
+    os.replace(staging, directory)
+  except BaseException:
+    if old is not None and not directory.exists():
+      os.replace(old, directory)  # Put the previous checkpoint back.
+      old = None
+    raise
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  logger.info("saved %s checkpoint to %s", kind, directory)
+  return directory
+
+
+# Loading -------------------------------------------------------------------------------------------------
+
+
+def read_description(directory: str | os.PathLike) -> tuple[str, dict, dict | None]:
+  """(kind, config, metadata) from `directory/wonderland_model.json`; `InputFileError` naming the file."""
+  directory = Path(directory)
+  if not directory.is_dir():
+    raise InputFileError(f"{directory}: checkpoint directory not found")
+  path = directory / MODEL_JSON
+  try:
+    description = json.loads(path.read_text(encoding="utf-8"))
+  except FileNotFoundError:
+    raise InputFileError(f"{path}: not found; {directory} is not a wonderland checkpoint") from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise InputFileError(f"{path}: cannot read: {e}") from None
+  if not isinstance(description, dict) or description.get("format") != FORMAT:
+    found = description.get("format") if isinstance(description, dict) else type(description).__name__
+    raise InputFileError(f"{path}: unsupported checkpoint format {found!r}; expected {FORMAT}")
+  kind, config = description.get("kind"), description.get("config")
+  if not isinstance(kind, str) or not isinstance(config, dict):
+    raise InputFileError(f"{path}: needs a string 'kind' and an object 'config'")
+  return kind, config, description.get("metadata")
+
+
+def _stored_arrays(directory: Path) -> dict[tuple, Any]:
+  """{path (digit components as ints): ArrayMetadata} of the params checkpoint."""
+  params_dir = directory / PARAMS_DIR
+  if not params_dir.is_dir():
+    raise InputFileError(f"{params_dir}: params checkpoint not found")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      tree = checkpointer.metadata(params_dir).item_metadata.tree
+  except (OSError, ValueError, KeyError) as e:
+    raise InputFileError(f"{params_dir}: cannot read the params checkpoint: {e}") from e
+  return {tuple(int(k) if isinstance(k, str) and k.isdigit() else k for k in path): value
+          for path, value in _flat_pure(tree).items()}
+
+
+def _restore(directory: Path, target: dict) -> dict:
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(directory / PARAMS_DIR, target)
+
+
+def _default_sharding() -> SingleDeviceSharding:
+  device = jax.config.jax_default_device
+  return SingleDeviceSharding(device if isinstance(device, jax.Device) else jax.devices()[0])
+
+
+def logical_to_mesh_spec(names: Sequence[Any], rules: LogicalRules, mesh: jax.sharding.Mesh) -> PartitionSpec:
+  """Logical axis names -> PartitionSpec, flax.linen style: for each dim the first rule for its name whose
+  mesh axis is not used yet by an earlier dim; names without a rule (and None) are replicated."""
+  used: set[str] = set()
+  spec = []
+  for name in names:
+    choice = None
+    for logical, mesh_axes in rules:
+      if logical != name or name is None:
+        continue
+      axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+      if not axes:
+        break  # An explicit (name, None): replicate.
+      if used.isdisjoint(axes):
+        choice = mesh_axes if isinstance(mesh_axes, str) else tuple(axes)
+        used.update(axes)
+        break
+    spec.append(choice)
+  unknown = sorted({a for entry in spec if entry for a in ((entry,) if isinstance(entry, str) else entry)}
+                   - set(mesh.axis_names))
+  if unknown:
+    raise WonderlandError(f"sharding rules name mesh axes {unknown} not in the mesh {tuple(mesh.axis_names)}")
+  return PartitionSpec(*spec)
+
+
+def _logical_names(leaf: nnx.Variable) -> tuple | None:
+  metadata = leaf.get_metadata()
+  for field in ("out_sharding", "sharding_names", "sharding"):
+    names = metadata.get(field)
+    if names:
+      return tuple(names.spec) if isinstance(names, NamedSharding) else tuple(names)
+  return None
+
+
+def _target_sharding(path: tuple, leaf: nnx.Variable, shape: tuple, mesh, rules) -> jax.sharding.Sharding:
+  if mesh is None:
+    return _default_sharding()
+  names = _logical_names(leaf)
+  if not names or not rules:
+    return NamedSharding(mesh, PartitionSpec())
+  if len(names) != len(shape):
+    raise WonderlandError(f"param {_dotted(path)}: {len(names)} logical axis names {names} for shape {shape}")
+  spec = logical_to_mesh_spec(names, rules, mesh)
+  for dim, entry in zip(shape, spec):
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+    size = int(np.prod([mesh.shape[a] for a in axes]))
+    if dim % size:
+      raise WonderlandError(f"param {_dotted(path)} of shape {shape} (axes {names}) cannot be split as {spec} "
+                            f"over mesh {dict(mesh.shape)}: {dim} is not divisible by {size}")
+  return NamedSharding(mesh, spec)
+
+
+def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
+         rules: LogicalRules | None = None) -> nnx.Module:
+  """Rebuilds the model saved in `directory` and restores its params straight into their target placement.
+
+  Args:
+    directory: a checkpoint written by `save`.
+    mesh: None: every param on the default device. A mesh: params annotated with logical axis names
+      (`nnx.with_partitioning(init, ('embed', 'mlp'))`) are sharded by `rules`, everything else replicated.
+    rules: (logical name, mesh axis or tuple of axes or None) pairs, e.g. [('mlp', 'tensor')]; default none
+      (replicate everything).
+
+  Params keep the dtype they were saved in. Non-Param variables (RNG streams, ...) come from the model's
+  constructor (seed 0), replicated over the mesh. Raises `InputFileError` for a missing / malformed
+  checkpoint or params that do not fit the model its config builds (naming paths and shapes),
+  `WonderlandError` for an unknown kind.
+  """
+  directory = Path(directory)
+  kind, config, _ = read_description(directory)
+  build = model_builder(kind)
+  abstract = abstract_model(build, config)
+  graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
+  leaves = dict(nnx.to_flat_state(abstract_params))
+  stored = _stored_arrays(directory)
+  missing = [_dotted(p) + f" {tuple(leaves[p].get_value().shape)}" for p in leaves if p not in stored]
+  extra = [_dotted(p) + f" {tuple(stored[p].shape)}" for p in stored if p not in leaves]
+  wrong = [f"{_dotted(p)}: stored {tuple(stored[p].shape)}, model {tuple(leaves[p].get_value().shape)}"
+           for p in leaves if p in stored and tuple(stored[p].shape) != tuple(leaves[p].get_value().shape)]
+  if missing or extra or wrong:
+    raise InputFileError(f"{directory / PARAMS_DIR}: the params do not fit the {kind!r} model built from "
+                         f"{directory / MODEL_JSON}: " + "; ".join(
+      part for part in (_listed("model param(s) missing from the checkpoint", missing),
+                        _listed("stored param(s) not in the model", extra),
+                        _listed("shape mismatch(es)", wrong)) if part))
+  target = _unflatten({
+    p: jax.ShapeDtypeStruct(tuple(stored[p].shape), stored[p].dtype,
+                            sharding=_target_sharding(p, leaf, tuple(stored[p].shape), mesh, rules))
+    for p, leaf in leaves.items()})
+  restored = _flat_pure(_restore(directory, target))
+  params = nnx.from_flat_state([(p, leaf.replace(restored[p])) for p, leaf in leaves.items()])
+  others = _other_state(build, config, abstract)
+  if mesh is not None:
+    others = jax.device_put(others, NamedSharding(mesh, PartitionSpec()))
+  logger.info("loaded %s checkpoint %s (%d params)", kind, directory,
+              sum(int(np.prod(v.shape)) for v in restored.values()))
+  return nnx.merge(graphdef, params, others)
+
+
+def load_params(directory: str | os.PathLike) -> tuple[str, dict, dict]:
+  """(kind, config, params pure dict of arrays on the default device), without building the model; nnx.List
+  indices are ints as in `nnx.State.to_pure_dict()`."""
+  directory = Path(directory)
+  kind, config, _ = read_description(directory)
+  stored = _stored_arrays(directory)
+  target = _unflatten({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=_default_sharding())
+                       for p, m in stored.items()})
+  return kind, config, _restore(directory, target)

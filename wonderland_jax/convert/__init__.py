@@ -1,0 +1,98 @@
+"""Importing public diffusers checkpoints (safetensors) into our NNX models.
+
+    report = convert("vae", "CogVideoX-5b", "ckpt/vae", dtype="bfloat16")   # or `wonderland convert vae ...`
+    model = wonderland_jax.checkpoints.load("ckpt/vae")
+
+`CONVERTERS` maps a model name to a `Converter`: where its weights live in a pipeline (`subfolder`), how to
+turn the source's config.json into our model config (`config_from_source`), the rule table that maps tensor
+names onto our params (`rules`, see `wonderland_jax.convert.rules`), the builder of our model (`build`) and
+the checkpoint kind it is saved as (`kind`, registered with `wonderland_jax.checkpoints.register_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from wonderland_jax import checkpoints
+from wonderland_jax.convert.rules import ConversionError, ConversionReport, Rule, convert_state
+from wonderland_jax.convert.safetensors_io import TensorSource, describe, open_source
+from wonderland_jax.errors import InputFileError, WonderlandError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Converter:
+  """How to import one model.
+
+  name: the CLI name (`wonderland convert <name>`); kind: the checkpoint kind (`checkpoints.register_model`);
+  subfolder: the model's folder in a pipeline root (e.g. "vae"), or None; config_from_source: source
+  config.json dict -> our JSON-serialisable config (raise `WonderlandError` / KeyError for an unusable one);
+  rules: the rule table; build: (config, rngs) -> nnx.Module, the same builder as registered for `kind`.
+  """
+
+  name: str
+  kind: str
+  subfolder: str | None
+  config_from_source: Callable[[dict], dict]
+  rules: Sequence[Rule]
+  build: Callable[[dict, nnx.Rngs], nnx.Module]
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+            dtype: Any = "float32") -> ConversionReport:
+  """Converts the `name` model found in `src` (a model folder or a pipeline root) into a checkpoint at `out`.
+
+  `out` is checked first (it must not exist unless `overwrite`, and then must be a checkpoint or empty), before
+  anything is read. The weights are checked against the model built from the converted config (one
+  `ConversionError` lists every problem), converted to `dtype` ("float32", "bfloat16" or a jnp dtype) and
+  saved with `checkpoints.save`; nothing is left at `out` on failure. Returns the `ConversionReport`.
+  """
+  if name not in CONVERTERS:
+    raise WonderlandError(f"unknown model {name!r} to convert; known: {', '.join(sorted(CONVERTERS)) or '(none)'}")
+  converter = CONVERTERS[name]
+  if isinstance(dtype, str):
+    if dtype not in DTYPES:
+      raise WonderlandError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    dtype = DTYPES[dtype]
+  checkpoints.check_output(out, overwrite)
+  source = open_source(src, converter.subfolder)
+  try:
+    config = converter.config_from_source(source.config)
+  except (KeyError, TypeError, ValueError) as e:
+    raise InputFileError(f"{source.config_path}: cannot make a {name} config from it: {e!r}") from e
+  abstract = checkpoints.abstract_model(converter.build, config)
+  state, report = convert_state(source, converter.rules, abstract, dtype=dtype, progress_desc=f"convert {name}")
+  metadata = {"converter": name, "source": describe(source), "report": report.to_json()}
+  checkpoints.save(out, state, kind=converter.kind, config=config, overwrite=overwrite, metadata=metadata)
+  logger.info("converted %s: %d parameters in %d tensors (source %s -> %s), max rounding error %.3g, %.1fs; "
+              "wrote %s", name, report.num_params, report.num_tensors, "/".join(report.source_dtypes),
+              report.dtype, report.max_rounding_error, report.elapsed_s, out)
+  return report
+
+
+def _register_builtin() -> None:
+  from wonderland_jax.convert import cogvideox_vae
+  from wonderland_jax.models import vae
+
+  CONVERTERS["vae"] = Converter(name="vae", kind="cogvideox_vae", subfolder="vae",
+                                config_from_source=cogvideox_vae.config_from_source, rules=cogvideox_vae.RULES,
+                                build=vae.build)
+
+
+_register_builtin()
+
+__all__ = ["CONVERTERS", "ConversionError", "ConversionReport", "Converter", "Rule", "TensorSource", "convert",
+           "convert_state", "open_source"]
