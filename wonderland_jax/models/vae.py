@@ -277,6 +277,15 @@ class Upsample3D(nnx.Module):
     return y.reshape(batch, frames, *y.shape[1:])
 
 
+def _run_resnets(resnets, x, zq, cache: Cache | None):
+  """Runs a block's resnets in order, threading each one's cache under diffusers' key `resnet_{i}`."""
+  cache = cache or {}
+  new_cache = {}
+  for i, resnet in enumerate(resnets):
+    x, new_cache[f"resnet_{i}"] = resnet(x, zq, cache.get(f"resnet_{i}"))
+  return x, new_cache
+
+
 class DownBlock3D(nnx.Module):
   def __init__(self, in_channels, out_channels, num_layers, groups, eps, add_downsample, compress_time, *,
                dtype, rngs: nnx.Rngs):
@@ -286,10 +295,7 @@ class DownBlock3D(nnx.Module):
                          if add_downsample else None)
 
   def __call__(self, x, cache: Cache | None = None):
-    cache = cache or {}
-    new_cache = {}
-    for i, resnet in enumerate(self.resnets):
-      x, new_cache[f"resnet_{i}"] = resnet(x, None, cache.get(f"resnet_{i}"))
+    x, new_cache = _run_resnets(self.resnets, x, None, cache)
     for downsampler in self.downsamplers or ():
       x = downsampler(x)
     return x, new_cache
@@ -305,10 +311,7 @@ class UpBlock3D(nnx.Module):
                        if add_upsample else None)
 
   def __call__(self, x, zq, cache: Cache | None = None):
-    cache = cache or {}
-    new_cache = {}
-    for i, resnet in enumerate(self.resnets):
-      x, new_cache[f"resnet_{i}"] = resnet(x, zq, cache.get(f"resnet_{i}"))
+    x, new_cache = _run_resnets(self.resnets, x, zq, cache)
     for upsampler in self.upsamplers or ():
       x = upsampler(x)
     return x, new_cache
@@ -320,11 +323,7 @@ class MidBlock3D(nnx.Module):
                                            dtype=dtype, rngs=rngs) for _ in range(2)])
 
   def __call__(self, x, zq=None, cache: Cache | None = None):
-    cache = cache or {}
-    new_cache = {}
-    for i, resnet in enumerate(self.resnets):
-      x, new_cache[f"resnet_{i}"] = resnet(x, zq, cache.get(f"resnet_{i}"))
-    return x, new_cache
+    return _run_resnets(self.resnets, x, zq, cache)
 
 
 class Encoder3D(nnx.Module):
