@@ -45,7 +45,8 @@ FORMAT = 1
 MODEL_JSON = "wonderland_model.json"
 PARAMS_DIR = "params"
 # kind -> module whose import registers it.
-KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae"}
+KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae",
+                               "cogvideox_transformer": "wonderland_jax.models.dit"}
 ModelBuilder = Callable[[dict, nnx.Rngs], nnx.Module]
 LogicalRules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
 

@@ -84,12 +84,16 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwr
 
 
 def _register_builtin() -> None:
-  from wonderland_jax.convert import cogvideox_vae
-  from wonderland_jax.models import vae
+  from wonderland_jax.convert import cogvideox_transformer, cogvideox_vae
+  from wonderland_jax.models import dit, vae
 
   CONVERTERS["vae"] = Converter(name="vae", kind="cogvideox_vae", subfolder="vae",
                                 config_from_source=cogvideox_vae.config_from_source, rules=cogvideox_vae.RULES,
                                 build=vae.build)
+  CONVERTERS["transformer"] = Converter(
+      name="transformer", kind="cogvideox_transformer", subfolder="transformer",
+      config_from_source=cogvideox_transformer.config_from_source, rules=cogvideox_transformer.RULES,
+      build=dit.build)
 
 
 _register_builtin()

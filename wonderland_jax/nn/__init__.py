@@ -1,0 +1,1 @@
+"""Shared layers: attention dispatch, positional embeddings."""
