@@ -46,7 +46,8 @@ MODEL_JSON = "wonderland_model.json"
 PARAMS_DIR = "params"
 # kind -> module whose import registers it.
 KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae",
-                               "cogvideox_transformer": "wonderland_jax.models.dit"}
+                               "cogvideox_transformer": "wonderland_jax.models.dit",
+                               "t5_encoder": "wonderland_jax.models.t5"}
 ModelBuilder = Callable[[dict, nnx.Rngs], nnx.Module]
 LogicalRules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
 

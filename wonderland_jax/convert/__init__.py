@@ -85,7 +85,8 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwr
 
 def _register_builtin() -> None:
   from wonderland_jax.convert import cogvideox_transformer, cogvideox_vae
-  from wonderland_jax.models import dit, vae
+  from wonderland_jax.convert import t5 as t5_rules
+  from wonderland_jax.models import dit, t5, vae
 
   CONVERTERS["vae"] = Converter(name="vae", kind="cogvideox_vae", subfolder="vae",
                                 config_from_source=cogvideox_vae.config_from_source, rules=cogvideox_vae.RULES,
@@ -94,6 +95,9 @@ def _register_builtin() -> None:
       name="transformer", kind="cogvideox_transformer", subfolder="transformer",
       config_from_source=cogvideox_transformer.config_from_source, rules=cogvideox_transformer.RULES,
       build=dit.build)
+  CONVERTERS["text_encoder"] = Converter(name="text_encoder", kind="t5_encoder", subfolder="text_encoder",
+                                         config_from_source=t5_rules.config_from_source, rules=t5_rules.RULES,
+                                         build=t5.build)
 
 
 _register_builtin()
