@@ -1,0 +1,107 @@
+"""Image-to-video sampling with CogVideoX (diffusers' `CogVideoXImageToVideoPipeline`, latents out).
+
+    latents = sample_image_to_video(transformer, scheduler_config, image_latents, prompt_embeds,
+                                    negative_prompt_embeds, num_latent_frames=13, num_inference_steps=50,
+                                    guidance_scale=6.0, key=jax.random.key(0))
+
+The loop is one jitted step (model evaluation with classifier-free guidance + scheduler update) under a Python
+loop with a progress bar. As in the pipeline: the image latents (VAE posterior *sample*, times the VAE's
+scaling factor) are padded with zeros along time and concatenated to the noisy latents along channels; the
+guided batch is [negative; positive]; DPM steps draw fresh noise every step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wonderland_jax.diffusion.guidance import guidance_scales, uses_guidance
+from wonderland_jax.diffusion.schedulers import SchedulerConfig, init_state, make_tables, step, timesteps
+from wonderland_jax.errors import WonderlandError
+from wonderland_jax.progress import progress
+
+
+def encode_image(vae, image: jax.Array, noise: jax.Array) -> jax.Array:
+  """The pipeline's image latents: image (B, H, W, 3) in [-1, 1] -> (B, 1, h, w, C) = posterior sample times
+  the VAE's scaling factor (divided by it when `invert_scale_latents`). `noise` (B, 1, h, w, C) ~ N(0, 1)."""
+  posterior = vae.encode(image[:, None])
+  latents = posterior.mean + posterior.std * noise
+  factor = vae.config.scaling_factor
+  return latents / factor if vae.config.invert_scale_latents else latents * factor
+
+
+def _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_embeds, num_latent_frames):
+  config = transformer.config
+  if image_latents.ndim != 5 or image_latents.shape[1] != 1:
+    raise WonderlandError(f"image_latents must be (B, 1, h, w, C), got {image_latents.shape}")
+  if 2 * image_latents.shape[-1] != config.in_channels:
+    raise WonderlandError(f"the transformer takes {config.in_channels} channels = 2 x latent channels; the image "
+                          f"latents have {image_latents.shape[-1]}")
+  if num_latent_frames < 1 or (config.patch_size_t and num_latent_frames % config.patch_size_t):
+    raise WonderlandError(f"num_latent_frames={num_latent_frames} does not suit this transformer "
+                          f"(patch_size_t={config.patch_size_t}); 49 frames = 13 latent frames")
+  if config.use_learned_positional_embeddings:
+    expected = (config.sample_height, config.sample_width)
+    if tuple(image_latents.shape[2:4]) != expected:
+      raise WonderlandError(f"this transformer only generates at {expected[0]}x{expected[1]} latents "
+                            f"({8 * expected[0]}x{8 * expected[1]} pixels); got {image_latents.shape[2:4]}")
+  if negative_prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape:
+    raise WonderlandError(f"negative_prompt_embeds {negative_prompt_embeds.shape} must match prompt_embeds "
+                          f"{prompt_embeds.shape}")
+
+
+def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_latents: jax.Array,
+                          prompt_embeds: jax.Array, negative_prompt_embeds: jax.Array | None = None, *,
+                          num_latent_frames: int = 13, num_inference_steps: int = 50, guidance_scale: float = 6.0,
+                          use_dynamic_cfg: bool = False, key: jax.Array, latents: jax.Array | None = None,
+                          step_noise=None) -> jax.Array:
+  """Denoises video latents (B, num_latent_frames, h, w, C) conditioned on the first frame's latents.
+
+  image_latents: (B, 1, h, w, C), already scaled (`encode_image`). prompt_embeds / negative_prompt_embeds:
+  (B, L, D_text) (negative defaults to zeros, i.e. an empty prompt's embeddings must be passed to match the
+  pipeline). latents: the initial noise (default drawn from `key`). step_noise: optional callable
+  step_index -> noise for the DPM scheduler (default drawn from `key`); tests use it to replay diffusers' draws.
+  """
+  _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_embeds, num_latent_frames)
+  batch, _, height, width, channels = image_latents.shape
+  init_key, noise_key = jax.random.split(key)
+  if latents is None:
+    latents = jax.random.normal(init_key, (batch, num_latent_frames, height, width, channels), jnp.float32)
+  condition = jnp.concatenate(
+      [image_latents, jnp.zeros((batch, num_latent_frames - 1, height, width, channels), image_latents.dtype)], 1)
+  guided = uses_guidance(guidance_scale)
+  if guided:
+    negative = jnp.zeros_like(prompt_embeds) if negative_prompt_embeds is None else negative_prompt_embeds
+    context = jnp.concatenate([negative, prompt_embeds], 0)
+    condition = jnp.concatenate([condition, condition], 0)
+  else:
+    context = prompt_embeds
+  schedule = timesteps(scheduler_config, num_inference_steps)
+  scales = guidance_scales(guidance_scale, schedule, use_dynamic_cfg=use_dynamic_cfg)
+  tables = make_tables(scheduler_config)
+  graphdef, params = nnx.split(transformer)
+
+  @jax.jit
+  def denoise_step(params, latents, state, timestep, scale, noise):
+    model = nnx.merge(graphdef, params)
+    model_input = jnp.concatenate([latents, latents], 0) if guided else latents
+    model_input = jnp.concatenate([model_input, condition.astype(model_input.dtype)], -1)
+    prediction = model(model_input, context, jnp.full((model_input.shape[0],), timestep)).astype(jnp.float32)
+    if guided:
+      uncond, cond = jnp.split(prediction, 2, axis=0)
+      prediction = uncond + scale * (cond - uncond)
+    return step(tables, state, prediction, timestep, latents, num_inference_steps=num_inference_steps,
+                noise=noise)
+
+  state = init_state(latents)
+  dpm = scheduler_config.kind == "CogVideoXDPMScheduler"
+  for index in progress(range(len(schedule)), desc="sampling"):
+    noise = None
+    if dpm:
+      noise = (step_noise(index) if step_noise is not None
+               else jax.random.normal(jax.random.fold_in(noise_key, index), latents.shape, jnp.float32))
+    latents, state = denoise_step(params, latents, state, jnp.int32(schedule[index]), np.float32(scales[index]),
+                                  noise)
+  return latents
