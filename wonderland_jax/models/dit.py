@@ -22,6 +22,7 @@ from flax import nnx
 
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import dot_product_attention
 
 
@@ -62,12 +63,7 @@ class DiTConfig:
 
   @classmethod
   def from_diffusers(cls, config: dict, **overrides) -> DiTConfig:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in config.items() if not k.startswith("_")}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-      raise WonderlandError(f"transformer config: unknown field(s) {', '.join(unknown)}")
-    config = cls(**{**values, **overrides})
+    config = cls(**config_values(cls, config, "transformer", **overrides))
     config.validate()
     return config
 

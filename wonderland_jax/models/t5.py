@@ -35,6 +35,7 @@ from flax import nnx
 
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.models.common import config_values
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +88,7 @@ class T5Config:
   @classmethod
   def from_dict(cls, config: dict) -> T5Config:
     """From our own `to_dict()` (unknown keys are an error); validated."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - fields)
-    if unknown:
-      raise WonderlandError(f"T5 config: unknown field(s) {', '.join(unknown)}")
-    result = cls(**config)
+    result = cls(**config_values(cls, config, "T5"))
     result.validate()
     return result
 

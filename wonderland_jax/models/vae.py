@@ -29,6 +29,7 @@ from flax import nnx
 
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.models.common import config_values
 
 Cache = dict[str, Any]
 
@@ -63,12 +64,7 @@ class VAEConfig:
   @classmethod
   def from_diffusers(cls, config: dict, **overrides) -> VAEConfig:
     """From a diffusers config.json dict (private `_...` keys ignored; unknown keys are an error)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in config.items() if not k.startswith("_")}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-      raise WonderlandError(f"VAE config: unknown field(s) {', '.join(unknown)}")
-    values.update(overrides)
+    values = config_values(cls, config, "VAE", **overrides)
     for name in ("down_block_types", "up_block_types", "block_out_channels", "latents_mean", "latents_std"):
       if values.get(name) is not None:
         values[name] = tuple(values[name])
