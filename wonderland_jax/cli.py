@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from wonderland_jax import convert
+from wonderland_jax.convert.pipeline import COMPONENTS, convert_pipeline
 from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
 from wonderland_jax.demo import run_demo
 from wonderland_jax.errors import WonderlandError
@@ -102,6 +103,12 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+  if args.model == "cogvideox":
+    components = args.components.split(",") if args.components else None
+    convert_pipeline(args.src, args.out, components=components, overwrite=args.overwrite, dtype=args.dtype)
+    return
+  if args.components:
+    raise WonderlandError("--components is for `wonderland convert cogvideox` (a whole pipeline)")
   convert.convert(args.model, args.src, args.out, overwrite=args.overwrite, dtype=args.dtype)
 
 
@@ -139,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   converting = commands.add_parser("convert", help="import a public diffusers checkpoint (safetensors) into a "
                                                    "wonderland checkpoint (Orbax params + model config)")
-  converting.add_argument("model", choices=sorted(convert.CONVERTERS), help="which model to convert")
+  converting.add_argument("model", choices=["cogvideox"] + sorted(convert.CONVERTERS),
+                          help="one model, or cogvideox: a whole pipeline folder")
+  converting.add_argument("--components", default=None,
+                          help="cogvideox only: comma-separated subset of " + ",".join(COMPONENTS))
   converting.add_argument("--src", required=True,
                           help="the model folder (config.json + *.safetensors) or the pipeline root holding it")
   converting.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
