@@ -15,14 +15,16 @@ import os
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from wonderland_jax import convert
 from wonderland_jax.convert.pipeline import COMPONENTS, convert_pipeline
 from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
 from wonderland_jax.demo import run_demo
+from wonderland_jax.diffusion.pipeline import VideoPipeline, resize_image
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.io_utils import VIDEO_EXTENSIONS, write_png_dir, write_video
+from wonderland_jax.io_utils import VIDEO_EXTENSIONS, atomic_path, read_image, write_png_dir, write_video
 from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 
@@ -98,6 +100,25 @@ def _render(args: argparse.Namespace) -> None:
     logger.info("wrote %d frames to %s", len(frames), args.png_dir)
 
 
+def _sample(args: argparse.Namespace) -> None:
+  out = Path(args.out)
+  if out.suffix.lower() not in VIDEO_EXTENSIONS:
+    raise WonderlandError(f"--out {out}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
+  image = read_image(args.image)
+  pipe = VideoPipeline.load(args.model)
+  height, width = (args.size[1], args.size[0]) if args.size else pipe.default_size
+  pipe.check(args.frames, height, width)
+  latents, frames = pipe.generate(resize_image(image, height, width), args.prompt,
+                                  negative_prompt=args.negative_prompt, num_frames=args.frames,
+                                  num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                  use_dynamic_cfg=args.dynamic_cfg, key=jax.random.key(args.seed))
+  write_video(out, frames, fps=args.fps)
+  if args.latents:
+    with atomic_path(args.latents) as temporary:
+      np.savez(temporary, latents=np.asarray(latents))
+  logger.info("wrote %s (%d frames, %dx%d)", out, len(frames), width, height)
+
+
 def _demo(args: argparse.Namespace) -> None:
   run_demo(Path(args.out), steps=args.steps, seed=args.seed)
 
@@ -136,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
   render.add_argument("--out", default=None, help="output video (.mp4 or .gif)")
   render.add_argument("--png-dir", default=None, help="output directory of frame_00000.png, ...")
   render.set_defaults(run=_render)
+
+  sample = commands.add_parser("sample", help="image-to-video with a converted CogVideoX pipeline")
+  sample.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`")
+  sample.add_argument("--image", required=True, help="the first frame (PNG/JPEG); resized to --size")
+  sample.add_argument("--prompt", required=True)
+  sample.add_argument("--negative-prompt", default="")
+  sample.add_argument("--frames", type=_positive_int, default=49, help="video frames, 1 + 4k")
+  sample.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's, 720x480)")
+  sample.add_argument("--steps", type=_positive_int, default=50, help="sampling steps")
+  sample.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 = off)")
+  sample.add_argument("--dynamic-cfg", action="store_true", help="the pipeline's cosine-shaped dynamic guidance")
+  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--fps", type=float, default=8.0)
+  sample.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
+  sample.add_argument("--latents", default=None, help="also save the latents to this .npz")
+  sample.set_defaults(run=_sample)
 
   demo = commands.add_parser("demo", help="the embedded default: recover a procedural scene by gradient descent "
                                           "through the rasterizer and write scene.ply, flythrough.mp4, report")

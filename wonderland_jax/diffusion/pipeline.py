@@ -1,0 +1,100 @@
+"""Image-to-video generation with a converted CogVideoX pipeline (`wonderland convert cogvideox`).
+
+    pipe = VideoPipeline.load("checkpoints/cogvideox-5b-i2v")
+    latents, frames = pipe.generate(image, "a castle at dusk", num_frames=49, key=jax.random.key(0))
+
+`latents` are the denoised video latents (B=1, 1 + (F - 1) / 4, H / 8, W / 8, 16), unscaled as the VAE
+wants them for decoding; `frames` (F, H, W, 3) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wonderland_jax import checkpoints
+from wonderland_jax.convert.pipeline import read_pipeline
+from wonderland_jax.diffusion.sampling import encode_image, sample_image_to_video
+from wonderland_jax.diffusion.schedulers import SchedulerConfig
+from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.models.t5 import encode_prompt
+from wonderland_jax.models.t5_tokenizer import T5Tokenizer
+
+
+@dataclasses.dataclass
+class VideoPipeline:
+  transformer: nnx.Module
+  vae: nnx.Module
+  text_encoder: nnx.Module
+  tokenizer: T5Tokenizer
+  scheduler: SchedulerConfig
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike) -> VideoPipeline:
+    directory = Path(directory)
+    components = read_pipeline(directory)["components"]
+    missing = [name for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+               if name not in components]
+    if missing:
+      raise InputFileError(f"{directory}: the converted pipeline lacks {', '.join(missing)}; convert it with "
+                           "`wonderland convert cogvideox` and all components")
+    scheduler_json = directory / "scheduler" / "scheduler_config.json"
+    try:
+      scheduler = SchedulerConfig.from_diffusers(json.loads(scheduler_json.read_text()))
+    except FileNotFoundError:
+      raise InputFileError(f"{scheduler_json}: not found") from None
+    return cls(transformer=checkpoints.load(directory / "transformer"), vae=checkpoints.load(directory / "vae"),
+               text_encoder=checkpoints.load(directory / "text_encoder"),
+               tokenizer=T5Tokenizer.from_folder(directory / "tokenizer"), scheduler=scheduler)
+
+  @property
+  def default_size(self) -> tuple[int, int]:
+    """(height, width) in pixels the transformer was trained at."""
+    factor = self.vae.config.spatial_compression
+    return self.transformer.config.sample_height * factor, self.transformer.config.sample_width * factor
+
+  def check(self, num_frames: int, height: int, width: int) -> int:
+    """Validates the video size; returns the number of latent frames."""
+    temporal = int(self.vae.config.temporal_compression_ratio)
+    if num_frames < 1 or (num_frames - 1) % temporal:
+      raise WonderlandError(f"--frames {num_frames}: must be 1 + {temporal}k (e.g. 49 -> 13 latent frames)")
+    multiple = self.vae.config.spatial_compression * self.transformer.config.patch_size
+    if height % multiple or width % multiple:
+      raise WonderlandError(f"--size {width}x{height}: width and height must be multiples of {multiple}")
+    return (num_frames - 1) // temporal + 1
+
+  def generate(self, image: np.ndarray, prompt: str, *, negative_prompt: str = "", num_frames: int = 49,
+               num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
+               key: jax.Array) -> tuple[jax.Array, np.ndarray]:
+    """image (H, W, 3) in [0, 1] at the video size -> (latents, frames in [0, 1])."""
+    height, width = image.shape[:2]
+    num_latent_frames = self.check(num_frames, height, width)
+    max_length = self.transformer.config.max_text_seq_length
+    prompt_embeds = encode_prompt(self.tokenizer, self.text_encoder, [prompt], max_length)
+    negative_embeds = encode_prompt(self.tokenizer, self.text_encoder, [negative_prompt], max_length)
+    image_key, sample_key = jax.random.split(key)
+    factor = self.vae.config.spatial_compression
+    noise_shape = (1, 1, height // factor, width // factor, self.vae.config.latent_channels)
+    image_latents = encode_image(self.vae, jnp.asarray(image, jnp.float32)[None] * 2 - 1,
+                                 jax.random.normal(image_key, noise_shape))
+    latents = sample_image_to_video(self.transformer, self.scheduler, image_latents, prompt_embeds, negative_embeds,
+                                    num_latent_frames=num_latent_frames, num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg, key=sample_key)
+    scaling = self.vae.config.scaling_factor
+    unscaled = latents * scaling if self.vae.config.invert_scale_latents else latents / scaling
+    frames = nnx.jit(lambda vae, z: vae.decode(z))(self.vae, unscaled)[0]
+    return unscaled, np.clip((np.asarray(frames) + 1) / 2, 0, 1)
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(h, w, 3) -> (height, width, 3), bilinear with antialiasing (a no-op at the same size)."""
+  if image.shape[:2] == (height, width):
+    return image
+  return np.asarray(jax.image.resize(jnp.asarray(image), (height, width, 3), "bilinear", antialias=True))
