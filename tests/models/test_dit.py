@@ -11,6 +11,7 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
 from flax import nnx
 
+from tests.reference_models import randomize_norms
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import convert
 from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig, timestep_embedding
@@ -27,11 +28,7 @@ CONFIGS = {
 
 def _converted(tmp_path, name):
   torch.manual_seed(0)
-  reference = CogVideoXTransformer3DModel(**CONFIGS[name]).eval()
-  with torch.no_grad():  # random norms too, so the test sees their parameters
-    for param_name, param in reference.named_parameters():
-      if "norm" in param_name:
-        param.add_(0.1 * torch.randn_like(param))
+  reference = randomize_norms(CogVideoXTransformer3DModel(**CONFIGS[name]).eval(), 0.1)
   reference.save_pretrained(tmp_path / "pipeline" / "transformer", max_shard_size="20KB")
   convert("transformer", tmp_path / "pipeline", tmp_path / "converted")
   return reference, checkpoints.load(tmp_path / "converted")

@@ -16,6 +16,7 @@ import transformers
 from flax import nnx
 from sentencepiece import sentencepiece_model_pb2
 
+from tests.reference_models import randomize_norms, save_reference
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import ConversionError, convert_state, open_source
 from wonderland_jax.convert import t5 as t5_convert
@@ -35,19 +36,11 @@ LENGTH = 150  # > max_distance 128: every kind of bucket is used
 
 def _reference(name: str, seed: int = 0) -> transformers.T5EncoderModel:
   torch.manual_seed(seed)
-  model = transformers.T5EncoderModel(transformers.T5Config(**CONFIGS[name])).eval()
-  with torch.no_grad():  # random norms too, so the test sees their parameters
-    for module_name, param in model.named_parameters():
-      if "norm" in module_name:
-        param.add_(0.2 * torch.randn_like(param))
-  return model
+  return randomize_norms(transformers.T5EncoderModel(transformers.T5Config(**CONFIGS[name])).eval(), 0.2)
 
 
 def _save(model, directory, *, bf16=False, sharded=False):
-  model = model.to(torch.bfloat16) if bf16 else model
-  model.save_pretrained(directory, max_shard_size="20KB" if sharded else "10GB")
-  model.to(torch.float32)
-  return directory
+  return save_reference(model, directory, bf16=bf16, sharded=sharded, shard_size="20KB")
 
 
 def _convert(folder, dtype=jnp.float32):

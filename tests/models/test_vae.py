@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from flax import nnx
 
+from tests.reference_models import randomize_norms, save_reference
 from wonderland_jax import checkpoints
 from wonderland_jax.cli import main
 from wonderland_jax.convert import ConversionError, convert
@@ -34,19 +35,11 @@ CONFIGS = {
 
 def _reference(name: str, seed: int = 0) -> AutoencoderKLCogVideoX:
   torch.manual_seed(seed)
-  model = AutoencoderKLCogVideoX(**CONFIGS[name]).eval()
-  with torch.no_grad():  # random norms too, so the test sees their parameters
-    for module_name, param in model.named_parameters():
-      if "norm" in module_name:
-        param.add_(0.1 * torch.randn_like(param))
-  return model
+  return randomize_norms(AutoencoderKLCogVideoX(**CONFIGS[name]).eval(), 0.1)
 
 
 def _save(model, directory, *, bf16=False, sharded=False):
-  model = model.to(torch.bfloat16) if bf16 else model
-  model.save_pretrained(directory, max_shard_size="30KB" if sharded else "10GB")
-  model.to(torch.float32)
-  return directory
+  return save_reference(model, directory, bf16=bf16, sharded=sharded)
 
 
 def _converted(tmp_path, name, **save_kwargs):
