@@ -2,6 +2,7 @@
 errors of missing or mismatched checkpoints."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -205,7 +206,7 @@ def test_load_errors(tmp_path):
   with pytest.raises(InputFileError, match="wonderland_model.json: cannot read"):
     checkpoints.load(out)
   rewrite()
-  checkpoints.shutil.rmtree(out / "params")
+  shutil.rmtree(out / "params")
   with pytest.raises(InputFileError, match="params: params checkpoint not found"):
     checkpoints.load(out)
 

@@ -24,9 +24,6 @@ import importlib
 import json
 import logging
 import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.io_utils import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -225,26 +223,10 @@ def save(directory: str | os.PathLike, model_or_params: Any, *, kind: str, confi
     description = json.dumps({"format": FORMAT, "kind": kind, "config": config, "metadata": metadata}, indent=2)
   except (TypeError, ValueError) as e:
     raise WonderlandError(f"{directory}: config / metadata are not JSON-serialisable: {e}") from e
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-  old = None
-  try:
+  with atomic_directory(directory) as staging:
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(staging / PARAMS_DIR, params)
     (staging / MODEL_JSON).write_text(description + "\n", encoding="utf-8")
-    if directory.exists():
-      old = directory.with_name(f".{directory.name}.old-{secrets.token_hex(6)}")
-      os.replace(directory, old)
-    os.replace(staging, directory)
-  except BaseException:
-    if old is not None and not directory.exists():
-      os.replace(old, directory)  # Put the previous checkpoint back.
-      old = None
-    raise
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
   logger.info("saved %s checkpoint to %s", kind, directory)
   return directory
 

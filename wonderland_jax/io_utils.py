@@ -55,6 +55,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+  """Yields a fresh hidden staging directory next to `path` to fill instead of `path`; on success it replaces
+  `path` (an existing directory there is moved aside first and deleted only once the new one is in place,
+  and put back if the swap fails). On an exception the staging directory is removed and `path` is untouched.
+  Callers decide beforehand whether replacing what is at `path` is allowed."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+  old = None
+  try:
+    yield staging
+    if path.exists():
+      old = path.with_name(f".{path.name}.old-{secrets.token_hex(6)}")
+      os.replace(path, old)
+    os.replace(staging, path)
+  except BaseException:
+    if old is not None and not path.exists():
+      os.replace(old, path)  # put the previous directory back
+      old = None
+    raise
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+
+
 def _json_default(value: Any) -> Any:
   """Converts numpy / jax scalars and arrays (anything with `tolist`) for `json.dumps`."""
   if hasattr(value, "tolist"):
@@ -167,15 +194,8 @@ def write_png_dir(directory: str | os.PathLike, frames: Iterable[Any]) -> list[P
   directory = Path(directory)
   if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
     raise InputFileError(f"{directory}: exists and is not an empty directory")
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-  try:
+  with atomic_directory(directory) as staging:
     names = [path.name for path in write_png_sequence(staging, frames)]
-    if directory.exists():
-      directory.rmdir()
-    os.replace(staging, directory)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return [directory / name for name in names]
 
 

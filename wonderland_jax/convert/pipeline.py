@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from wonderland_jax.errors import InputFileError, WonderlandError
-from wonderland_jax.io_utils import write_json
+from wonderland_jax.io_utils import atomic_directory, write_json
 
 PIPELINE_JSON = "wonderland_pipeline.json"
 MODEL_COMPONENTS = ("transformer", "vae", "text_encoder")
@@ -44,9 +43,7 @@ def convert_pipeline(src: str | os.PathLike, out: str | os.PathLike, *, componen
       raise WonderlandError(f"{out}: already exists; pass --overwrite to replace it")
     if any(out.iterdir()) and not (out / PIPELINE_JSON).is_file():
       raise WonderlandError(f"{out}: exists and is not a converted pipeline (no {PIPELINE_JSON}); refusing to replace it")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-  try:
+  with atomic_directory(out) as staging:
     reports = {}
     for name in components:
       if name in MODEL_COMPONENTS:
@@ -56,11 +53,6 @@ def convert_pipeline(src: str | os.PathLike, out: str | os.PathLike, *, componen
     description = {"format": 1, "components": components, "source": str(src.resolve()), "dtype": dtype,
                    "reports": reports}
     write_json(staging / PIPELINE_JSON, description)
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(staging, out)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return description
 
 

@@ -89,8 +89,13 @@ class VideoPipeline:
                                     guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg, key=sample_key)
     scaling = self.vae.config.scaling_factor
     unscaled = latents * scaling if self.vae.config.invert_scale_latents else latents / scaling
-    frames = nnx.jit(lambda vae, z: vae.decode(z))(self.vae, unscaled)[0]
+    frames = _decode(self.vae, unscaled)[0]
     return unscaled, np.clip((np.asarray(frames) + 1) / 2, 0, 1)
+
+
+@nnx.jit
+def _decode(vae, latents):
+  return vae.decode(latents)
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

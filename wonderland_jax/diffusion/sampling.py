@@ -12,6 +12,8 @@ guided batch is [negative; positive]; DPM steps draw fresh noise every step.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,6 +54,20 @@ def _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_emb
                           f"{prompt_embeds.shape}")
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "guided", "num_inference_steps"))
+def _denoise_step(graphdef, params, tables, latents, state, condition, context, timestep, scale, noise, *,
+                  guided: bool, num_inference_steps: int):
+  """One guided model evaluation and scheduler update; compiled once per model and shapes, not per call."""
+  model = nnx.merge(graphdef, params)
+  model_input = jnp.concatenate([latents, latents], 0) if guided else latents
+  model_input = jnp.concatenate([model_input, condition.astype(model_input.dtype)], -1)
+  prediction = model(model_input, context, jnp.full((model_input.shape[0],), timestep)).astype(jnp.float32)
+  if guided:
+    uncond, cond = jnp.split(prediction, 2, axis=0)
+    prediction = uncond + scale * (cond - uncond)
+  return step(tables, state, prediction, timestep, latents, num_inference_steps=num_inference_steps, noise=noise)
+
+
 def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_latents: jax.Array,
                           prompt_embeds: jax.Array, negative_prompt_embeds: jax.Array | None = None, *,
                           num_latent_frames: int = 13, num_inference_steps: int = 50, guidance_scale: float = 6.0,
@@ -83,18 +99,6 @@ def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_
   tables = make_tables(scheduler_config)
   graphdef, params = nnx.split(transformer)
 
-  @jax.jit
-  def denoise_step(params, latents, state, timestep, scale, noise):
-    model = nnx.merge(graphdef, params)
-    model_input = jnp.concatenate([latents, latents], 0) if guided else latents
-    model_input = jnp.concatenate([model_input, condition.astype(model_input.dtype)], -1)
-    prediction = model(model_input, context, jnp.full((model_input.shape[0],), timestep)).astype(jnp.float32)
-    if guided:
-      uncond, cond = jnp.split(prediction, 2, axis=0)
-      prediction = uncond + scale * (cond - uncond)
-    return step(tables, state, prediction, timestep, latents, num_inference_steps=num_inference_steps,
-                noise=noise)
-
   state = init_state(latents)
   dpm = scheduler_config.kind == "CogVideoXDPMScheduler"
   for index in progress(range(len(schedule)), desc="sampling"):
@@ -102,6 +106,7 @@ def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_
     if dpm:
       noise = (step_noise(index) if step_noise is not None
                else jax.random.normal(jax.random.fold_in(noise_key, index), latents.shape, jnp.float32))
-    latents, state = denoise_step(params, latents, state, jnp.int32(schedule[index]), np.float32(scales[index]),
-                                  noise)
+    latents, state = _denoise_step(graphdef, params, tables, latents, state, condition, context,
+                                   jnp.int32(schedule[index]), np.float32(scales[index]), noise, guided=guided,
+                                   num_inference_steps=num_inference_steps)
   return latents
