@@ -1,0 +1,288 @@
+"""The training loop every model shares: a functional jitted step, Orbax checkpoints, resume, preemption.
+
+    result = train(task, config, workdir)
+
+A `Task` says what is trained: how to build the model, which params are trainable (an nnx filter; the rest
+are frozen and carry no gradients or optimizer state), the loss, the data iterator and an optional
+evaluation. The loop:
+
+  * splits the model once (`graphdef, trainable, frozen, rest = nnx.split(model, filter, nnx.Param, ...)`)
+    and jits a pure step that `nnx.merge`s inside: value_and_grad of the loss w.r.t. the trainable params
+    only, gradient accumulation over `train.grad_accum` micro-batches (lax.scan), optax update, the train
+    state donated;
+  * skips an update whose loss or gradient norm is not finite (the step is reported; with
+    `train.nonfinite="stop"` the run stops with an error instead); a skipped update never reaches a
+    checkpoint, since the params are left as they were;
+  * saves an Orbax checkpoint every `train.checkpoint_every` steps (async, keep `train.keep_checkpoints`)
+    holding the train state (params, optimizer state, step, PRNG key), the data iterator's state and the
+    config; a job started on a workdir with checkpoints resumes from the latest one, and - the step being a
+    pure function of (state, batch), the batch order restored and the key folded with the step - continues
+    exactly as an uninterrupted run would;
+  * on SIGTERM (preemption) or Orbax's multi-host preemption notice, saves at the end of the current step and
+    returns with `status="preempted"`;
+  * logs averaged scalars (loss, grad norm, learning rate, steps/s) to TensorBoard and `metrics.jsonl`
+    (`MetricWriter`), runs `task.evaluate` every `train.eval_every` steps, and shows steps/s and ETA;
+  * at the end, `task.export(model, workdir / "model")` writes the trained model (a `checkpoints.load`-able
+    directory).
+
+Config keys used here: seed, train.{steps, batch_size, grad_accum, log_every, checkpoint_every,
+keep_checkpoints, eval_every, nonfinite, async_checkpoints}, optimizer.* (see `optim.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from wonderland_jax.errors import WonderlandError
+from wonderland_jax.io_utils import write_json
+from wonderland_jax.progress import StepProgress
+from wonderland_jax.train.metrics import MetricWriter, ScalarAverager
+from wonderland_jax.train.optim import learning_rate_schedule, make_optimizer
+
+logger = logging.getLogger("wonderland_jax")
+
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What to train. `loss_fn(model, batch, key) -> (loss, {name: scalar})` must be a pure, jittable function
+  of the merged model; `make_iterator(config)` returns an iterator of numpy batch dicts with `get_state()` /
+  `set_state(state)` (JSON-serialisable state; grain's DatasetIterator has both)."""
+
+  name: str
+  build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
+  loss_fn: Callable[[nnx.Module, dict, jax.Array], tuple[jax.Array, dict]]
+  make_iterator: Callable[[ml_collections.ConfigDict], Iterator]
+  trainable: Any = nnx.Param
+  evaluate: Callable[[nnx.Module, ml_collections.ConfigDict], tuple[dict, dict]] | None = None
+  export: Callable[[nnx.Module, ml_collections.ConfigDict, Path], None] | None = None
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: completed steps
+  params: dict  # the trainable params as a pure dict
+  opt_state: Any
+  key: jax.Array  # uint32 raw key data (checkpointable as a plain array)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  status: str  # "finished" | "preempted"
+  model: nnx.Module
+  skipped_steps: int
+  last_metrics: dict
+
+
+def _batch_size(batch: dict) -> int:
+  return int(jax.tree.leaves(batch)[0].shape[0])
+
+
+def make_train_step(graphdef, loss_fn, tx: optax.GradientTransformation, grad_accum: int):
+  """The pure step (state, frozen, rest, batch) -> (state, metrics); metrics include loss, grad_norm and
+  `finite` (1.0 when the update was applied)."""
+
+  def micro_grads(params, frozen, rest, batch, key):
+    def objective(params):
+      model = nnx.merge(graphdef, params, frozen, rest)
+      loss, aux = loss_fn(model, batch, key)
+      return loss, aux
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return grads, dict(aux, loss=loss)
+
+  def step(state: TrainState, frozen, rest, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    if grad_accum == 1:
+      grads, metrics = micro_grads(state.params, frozen, rest, batch, key)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+      def body(carry, inputs):
+        index, micro_batch = inputs
+        grads, metrics = micro_grads(state.params, frozen, rest, micro_batch, jax.random.fold_in(key, index))
+        return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+
+      zeros = jax.eval_shape(micro_grads, state.params, frozen, rest, jax.tree.map(lambda x: x[0], micro), key)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+      grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state), key=state.key)
+    return new_state, dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+
+  return step
+
+
+class _Preemption:
+  """Sets a flag on SIGTERM (main thread only) until closed; the loop saves and stops at the step's end."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    logger.warning("SIGTERM received: saving a checkpoint after this step and stopping")
+    self.requested = True
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def _checkpoint_manager(directory: Path, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=int(config.train.keep_checkpoints), create=True,
+      enable_async_checkpointing=bool(config.train.get("async_checkpoints", True)))
+  return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def _save(manager, step: int, state: TrainState, iterator, config, *, force: bool = False) -> None:
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                              data=ocp.args.JsonSave(iterator.get_state()),
+                                              config=ocp.args.JsonSave(config.to_dict())), force=force)
+
+
+def _restore(manager, step: int, state: TrainState, iterator, workdir: Path) -> TrainState:
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                             data=ocp.args.JsonRestore()))
+  except (ValueError, KeyError, FileNotFoundError) as error:
+    raise WonderlandError(f"{workdir}/checkpoints/{step}: cannot restore the train state ({error}); was it "
+                          "written by a different config? Start in a fresh --workdir") from error
+  iterator.set_state(restored.data)
+  return restored.state
+
+
+def check_config(config) -> None:
+  train = config.train
+  if int(train.steps) < 1:
+    raise WonderlandError(f"--config.train.steps={train.steps}: must be >= 1")
+  if train.nonfinite not in NONFINITE_POLICIES:
+    raise WonderlandError(f"--config.train.nonfinite={train.nonfinite!r}: use one of {NONFINITE_POLICIES}")
+  if int(train.batch_size) % int(train.grad_accum):
+    raise WonderlandError(f"--config.train.batch_size={train.batch_size} is not divisible by "
+                          f"--config.train.grad_accum={train.grad_accum}")
+
+
+def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainResult:
+  """Trains (or resumes) `task` in `workdir`; see the module docstring."""
+  check_config(config)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  total_steps = int(config.train.steps)
+  model = task.build_model(config, nnx.Rngs(int(config.seed)))
+  graphdef, trainable, frozen, rest = nnx.split(model, task.trainable, nnx.Param, ...)
+  params = nnx.to_pure_dict(trainable)
+  if not jax.tree.leaves(params):
+    raise WonderlandError(f"{task.name}: the trainable-parameter filter selects no parameters")
+  num_trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  num_frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.to_pure_dict(frozen)))
+  logger.info("%s: %s trainable params, %s frozen", task.name, f"{num_trainable:,}", f"{num_frozen:,}")
+  tx = make_optimizer(config.optimizer, total_steps)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     key=jax.random.key_data(jax.random.key(int(config.seed))))
+  frozen = nnx.to_pure_dict(frozen)
+  iterator = task.make_iterator(config)
+
+  manager = _checkpoint_manager(workdir / "checkpoints", config)
+  latest = manager.latest_step()
+  if latest is not None:
+    logger.info("%s: resuming from the checkpoint at step %d in %s", task.name, latest, workdir)
+    state = _restore(manager, latest, state, iterator, workdir)
+  else:
+    write_json(workdir / "config.json", config.to_dict())
+  step_fn = jax.jit(make_train_step(graphdef, task.loss_fn, tx, int(config.train.grad_accum)), donate_argnums=0)
+  schedule = learning_rate_schedule(config.optimizer, total_steps)
+
+  writer = MetricWriter(workdir)
+  averager = ScalarAverager()
+  preemption = _Preemption()
+  step = int(state.step)
+  bar = StepProgress(total=total_steps, initial=step, desc=f"train {task.name}", log_every=int(config.train.log_every))
+  skipped, last_metrics, status = 0, {}, "finished"
+  try:
+    while step < total_steps:
+      batch = next(iterator)
+      if _batch_size(batch) != int(config.train.batch_size):
+        raise WonderlandError(f"{task.name}: the data iterator gave a batch of {_batch_size(batch)}, the config "
+                              f"says --config.train.batch_size={config.train.batch_size}")
+      state, metrics = step_fn(state, frozen, rest, batch)
+      step += 1
+      metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+      if metrics.pop("finite") < 1:
+        skipped += 1
+        message = (f"{task.name}: step {step}: non-finite loss ({metrics['loss']}) or gradient norm "
+                   f"({metrics['grad_norm']})")
+        if config.train.nonfinite == "stop":
+          raise WonderlandError(message + "; stopping (the params were not updated; set "
+                                "--config.train.nonfinite=skip to skip such steps)")
+        logger.warning("%s; update skipped (%d so far)", message, skipped)
+      else:
+        averager.add(metrics)
+      bar.update(step, loss=metrics["loss"])
+      if step % int(config.train.log_every) == 0 or step == total_steps:
+        last_metrics = dict(averager.compute(), learning_rate=float(schedule(step - 1)),
+                            steps_per_second=bar.steps_per_second(step), skipped_steps=skipped)
+        writer.scalars(step, last_metrics)
+      eval_every = int(config.train.get("eval_every", 0))
+      if task.evaluate is not None and eval_every and (step % eval_every == 0 or step == total_steps):
+        scalars, images = task.evaluate(nnx.merge(graphdef, state.params, frozen, rest), config)
+        writer.scalars(step, {f"eval/{name}": value for name, value in scalars.items()})
+        writer.images(step, {f"eval/{name}": image for name, image in images.items()})
+        logger.info("%s: step %d eval %s", task.name, step,
+                    " ".join(f"{name} {value:.4g}" for name, value in scalars.items()))
+      preempted = preemption.requested or manager.reached_preemption(step)
+      if step % int(config.train.checkpoint_every) == 0 or step == total_steps or preempted:
+        _save(manager, step, state, iterator, config, force=preempted or step == total_steps)
+      if preempted and step < total_steps:
+        status = "preempted"
+        logger.warning("%s: stopped at step %d for preemption; rerun the same command to resume", task.name, step)
+        break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    preemption.close()
+    bar.close()
+    writer.close()
+  model = nnx.merge(graphdef, state.params, frozen, rest)
+  if status == "finished" and task.export is not None:
+    task.export(model, config, workdir / "model")
+  return TrainResult(step=step, status=status, model=model, skipped_steps=skipped, last_metrics=last_metrics)
+
+
+def load_config_json(workdir: str | os.PathLike) -> dict:
+  """The config a run in `workdir` was started with."""
+  path = Path(workdir) / "config.json"
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError:
+    raise WonderlandError(f"{path}: not found; is {workdir} a training workdir?") from None
