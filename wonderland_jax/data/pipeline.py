@@ -1,0 +1,237 @@
+"""grain input pipelines over synthetic scenes, scene folders or a latent cache.
+
+    iterator = make_train_iterator({"source": "synthetic", "batch_size": 8, "num_frames": 9})
+    iterator = make_train_iterator(training_config)   # with training_config.data and .train.batch_size
+    batch = next(iterator)                  # dict of numpy arrays with a leading batch axis
+    state = iterator.get_state()            # small dict of ints: save it with the model checkpoint
+    iterator.set_state(state)               # resumes with exactly the same next batches
+
+The dataset is a `grain.MapDataset` of scene indices: sharded across processes (`index::count`, by
+`jax.process_index()` / `jax.process_count()` by default), shuffled with the seed (a new order each epoch),
+repeated `num_epochs` times (None: forever), then mapped to clips: the clip of scene s in epoch e is drawn
+with `clips.clip_rng(shuffle_seed, s, e)`, so it does not depend on the number of hosts, threads or restarts.
+Bad scenes give None, which grain drops (on_error='skip'). Batches are stacked per key (drop remainder);
+`worker_threads` > 0 reads ahead with that many threads (JAX rendering and numpy release the GIL).
+`eval_clips` gives the held-out clips (synthetic scenes of another seed, or the dataset at `eval_root`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from wonderland_jax.data.clips import ClipSource, ClipSpec, clip_rng
+from wonderland_jax.data.latent_cache import LatentCache
+from wonderland_jax.data.scenes import DataErrors, scan_dataset
+from wonderland_jax.data.synthetic import SyntheticDataset
+from wonderland_jax.errors import WonderlandError
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "scenes", "latents")
+
+# The data config (`config.data` of a training config) and its defaults: the tiny synthetic setting.
+DATA_DEFAULTS: dict[str, Any] = {
+  "source": "synthetic",       # 'synthetic' | 'scenes' | 'latents'
+  "format": None,              # scenes: 'realestate10k' | 'acid' | 'dl3dv' | 'colmap'
+  "root": None,                # scenes: the dataset folder; latents: the cache folder
+  "eval_root": None,           # scenes / latents: the held-out dataset or cache for `eval_clips`
+  "images_dir": None,          # scenes: dl3dv 'images_4' etc., colmap image folder (see data.scenes)
+  "check_scenes": False,       # scenes: parse every scene when scanning (else on first use)
+  "on_error": "skip",          # bad scenes: 'skip' (log and count) or 'raise'
+  "seed": 0,                   # synthetic: the training scenes' seed
+  "num_train_scenes": 1000,    # synthetic: number of training scenes
+  "eval_seed": 1,              # held-out clips: synthetic scenes' seed and clip sampling seed
+  "num_eval_scenes": 8,        # held-out clips: how many
+  "num_source_frames": 40,     # synthetic: cameras on each scene's path
+  "num_gaussians": 384,        # synthetic: Gaussians per scene
+  "fov_deg": 60.0,             # synthetic: horizontal field of view
+  "num_frames": 9,             # clip: F seen frames (1 + 4k)
+  "height": 32,                # clip: image size
+  "width": 32,
+  "stride": None,              # clip: (min, max) stride, None -> per-dataset default
+  "num_target_seen": 2,        # clip: supervision views from the clip
+  "num_target_unseen": 2,      # clip: supervision views not in the clip
+  "outside_margin": 0.5,       # clip: how far outside the clip unseen views may lie (fraction of its span)
+  "scale_mode": "max_distance",
+  "scale_target": 1.0,
+  "batch_size": None,          # global batch (None: the training config's train.batch_size); each process
+                               # gets batch_size // process_count
+  "shuffle_seed": 0,           # scene order and clip sampling (clip_rng(shuffle_seed, scene, epoch))
+  "shuffle": True,
+  "num_epochs": None,          # None: repeat forever
+  "worker_threads": 0,         # read-ahead threads (0: read in the calling thread)
+  "prefetch_buffer_size": 4,   # elements read ahead by the threads
+  "encode_frames": False,      # read by the trainer (encode `frames` with the VAE in the step), not here
+}
+CLIP_FIELDS = ("num_frames", "height", "width", "stride", "num_target_seen", "num_target_unseen", "outside_margin",
+               "scale_mode", "scale_target")
+
+
+def data_config(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+  """The data config merged over DATA_DEFAULTS, as a plain dict.
+
+  `config` is either a data config (dict, ml_collections.ConfigDict, anything with `items()`) or a training
+  config with a `data` entry; then a missing data `batch_size` comes from its `train.batch_size`. Unknown
+  keys raise WonderlandError naming them.
+  """
+  if not hasattr(config, "items"):
+    raise WonderlandError(f"data config must be a mapping, got {type(config).__name__}")
+  items = dict(config.items())
+  if "data" in items:  # a whole training config
+    data = items["data"]
+    if not hasattr(data, "items"):
+      raise WonderlandError(f"config.data must be a mapping, got {type(data).__name__}")
+    train = items.get("train") or {}
+    items = dict(data.items())
+    if items.get("batch_size") is None and "batch_size" in train:
+      items["batch_size"] = train["batch_size"]
+  unknown = sorted(set(items) - set(DATA_DEFAULTS))
+  if unknown:
+    raise WonderlandError(f"data config: unknown key(s) {', '.join(unknown)}; valid: {', '.join(DATA_DEFAULTS)}")
+  merged = DATA_DEFAULTS | items
+  if merged["source"] not in SOURCES:
+    raise WonderlandError(f"data config: source must be one of {SOURCES}, got {merged['source']!r}")
+  if merged["source"] != "synthetic" and not merged["root"]:
+    raise WonderlandError(f"data config: source={merged['source']!r} needs 'root'")
+  for key in ("root", "eval_root"):
+    if merged[key] is not None:
+      merged[key] = str(merged[key])
+  if merged["stride"] is not None and not isinstance(merged["stride"], int):
+    merged["stride"] = tuple(merged["stride"])
+  return merged
+
+
+def clip_spec(config: Mapping[str, Any] | Any) -> ClipSpec:
+  """The `ClipSpec` of a data (or training) config."""
+  config = data_config(config)
+  spec = {field: config[field] for field in CLIP_FIELDS}
+  if isinstance(spec["stride"], int):
+    spec["stride"] = (spec["stride"], spec["stride"])
+  return ClipSpec(**spec).validate()
+
+
+def make_clip_source(config: Mapping[str, Any] | Any, *, held_out: bool = False
+                     ) -> SyntheticDataset | ClipSource | LatentCache:
+  """The random-access source a data (or training) config describes: `SyntheticDataset`, `ClipSource` over a
+  scanned dataset, or `LatentCache`. The first two have `clip(index, rng)`; all have `len` and `[index]`.
+
+  held_out: the evaluation source instead: synthetic scenes of `eval_seed` (`num_eval_scenes` of them), or
+  the dataset / cache at `eval_root`.
+  """
+  config = data_config(config)
+  root = config["root"]
+  if held_out and config["source"] != "synthetic":
+    if not config["eval_root"]:
+      raise WonderlandError(f"data config: held-out clips of source={config['source']!r} need 'eval_root'")
+    root = config["eval_root"]
+  if config["source"] == "latents":
+    return LatentCache(root)
+  spec = clip_spec(config)
+  if config["source"] == "synthetic":
+    return SyntheticDataset(spec, num_scenes=config["num_eval_scenes" if held_out else "num_train_scenes"],
+                            seed=config["eval_seed" if held_out else "seed"],
+                            num_source_frames=config["num_source_frames"], num_gaussians=config["num_gaussians"],
+                            fov_deg=config["fov_deg"])
+  if not config["format"]:
+    raise WonderlandError("data config: source='scenes' needs 'format' (realestate10k, acid, dl3dv or colmap)")
+  errors = DataErrors(config["on_error"])
+  scan = scan_dataset(root, config["format"], on_error=errors, images_dir=config["images_dir"],
+                      check=config["check_scenes"], min_frames=spec.num_frames)
+  return ClipSource(scan.scenes, spec, seed=config["shuffle_seed"], on_error=errors)
+
+
+def eval_clips(config: Mapping[str, Any] | Any) -> list[dict[str, np.ndarray]]:
+  """The held-out clips of a data (or training) config: the first `num_eval_scenes` good ones of the held-out
+  source (`make_clip_source(held_out=True)`), clip i drawn with clip_rng(eval_seed, i). The same in every run."""
+  config = data_config(config)
+  source = make_clip_source(config, held_out=True)
+  clips = []
+  for index in range(len(source)):
+    clip = source.clip(index, clip_rng(config["eval_seed"], index)) if hasattr(source, "clip") else source[index]
+    if clip is not None:
+      clips.append(clip)
+    if len(clips) == config["num_eval_scenes"]:
+      break
+  if not clips:
+    raise WonderlandError("data config: no held-out clip could be read (every scene was bad)")
+  return clips
+
+
+class _LoadClip:
+  """(position in the repeated dataset, scene index) -> that scene's clip for the position's epoch."""
+
+  def __init__(self, source, seed: int, epoch_length: int):
+    self.source, self.seed, self.epoch_length = source, int(seed), int(epoch_length)
+
+  def __call__(self, position: int, scene_index: int):
+    if hasattr(self.source, "clip"):
+      return self.source.clip(int(scene_index), clip_rng(self.seed, scene_index, position // self.epoch_length))
+    return self.source[int(scene_index)]
+
+
+def make_dataset(source, *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                 shard_index: int | None = None, shard_count: int | None = None) -> grain.MapDataset:
+  """A MapDataset of clips (or None for skipped bad scenes) from a source of `make_clip_source`.
+
+  shard_index / shard_count: this process's shard (default jax.process_index() / jax.process_count()).
+  """
+  shard_index = jax.process_index() if shard_index is None else int(shard_index)
+  shard_count = jax.process_count() if shard_count is None else int(shard_count)
+  if not 0 <= shard_index < shard_count:
+    raise WonderlandError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
+  if len(source) < shard_count:
+    raise WonderlandError(f"{len(source)} scenes cannot be sharded over {shard_count} processes")
+  dataset = grain.MapDataset.range(len(source))[shard_index::shard_count]
+  epoch_length = len(dataset)
+  if shuffle:
+    dataset = dataset.shuffle(seed=seed)
+  dataset = dataset.repeat(num_epochs)
+  return dataset.map_with_index(_LoadClip(source, seed, epoch_length))
+
+
+def make_iterator(source, *, batch_size: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                  shard_index: int | None = None, shard_count: int | None = None, worker_threads: int = 0,
+                  prefetch_buffer_size: int = 4) -> grain.DatasetIterator:
+  """An iterator of batches (dicts of (batch_size, ...) numpy arrays) with get_state() / set_state().
+
+  worker_threads > 0 reads `prefetch_buffer_size` examples ahead with that many threads.
+  """
+  if batch_size < 1:
+    raise WonderlandError(f"batch_size must be >= 1, got {batch_size}")
+  dataset = make_dataset(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
+                         shard_count=shard_count)
+  read_options = grain.ReadOptions(num_threads=int(worker_threads),
+                                   prefetch_buffer_size=int(prefetch_buffer_size) if worker_threads else 0)
+  batches = dataset.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True)
+  return iter(batches)
+
+
+def make_train_iterator(config: Mapping[str, Any] | Any, *, process_index: int | None = None,
+                        process_count: int | None = None) -> grain.DatasetIterator:
+  """The training iterator of a data config, or of a training config with `data` and `train.batch_size`
+  (keys and defaults: DATA_DEFAULTS).
+
+  The batch size is global: each of the `process_count` processes (default jax.process_count()) yields
+  batch_size // process_count examples from its own shard of the scenes.
+  """
+  config = data_config(config)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  batch_size = config["batch_size"]
+  if batch_size is None:
+    raise WonderlandError("data config: no batch_size (set data.batch_size or train.batch_size)")
+  if batch_size % process_count:
+    raise WonderlandError(f"data config: batch_size={batch_size} is not divisible by the {process_count} processes")
+  source = make_clip_source(config)
+  logger.info("data: %s source with %d items, per-process batch %d", config["source"], len(source),
+              batch_size // process_count)
+  return make_iterator(source, batch_size=batch_size // process_count, seed=config["shuffle_seed"],
+                       shuffle=config["shuffle"], num_epochs=config["num_epochs"], shard_index=process_index,
+                       shard_count=process_count, worker_threads=config["worker_threads"],
+                       prefetch_buffer_size=config["prefetch_buffer_size"])

@@ -1,0 +1,206 @@
+"""A procedural multi-view dataset: random Gaussian scenes filmed along smooth camera arcs.
+
+Every scene index gives (deterministically, from (seed, index)) a scene of exactly `num_gaussians` Gaussians
+(a checkered floor and a few coloured blobs in an OpenCV-style world: y points down, the floor is at
+y = +0.6) over a flat background colour, and a "source video" of `num_source_frames` cameras on an arc
+around it, always looking at the scene. Frames are rendered with our rasterizer on demand, directly at the
+clip's size, so clips (`clips.sample_clip`: stride, unseen targets, re-basing, scale) carry exact
+ground truth. Shapes are fixed per dataset (Gaussians, cameras per render), so the renderer compiles once.
+
+`write_synthetic_dataset` writes such scenes in RealEstate10K layout (pose .txt + frames named by timestamp,
+or an .mp4) to exercise the file readers on real formats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from wonderland_jax.camera import Camera, PoseSequence, look_at, write_realestate10k
+from wonderland_jax.data.clips import ClipSpec, clip_rng, sample_clip
+from wonderland_jax.data.scenes import Scene
+from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.io_utils import atomic_directory, write_png, write_video
+from wonderland_jax.progress import progress
+from wonderland_jax.splat import Gaussians, capacity_for, rasterize
+
+logger = logging.getLogger(__name__)
+
+FLOOR_HEIGHT = 0.6  # world y of the floor (y points down)
+WORLD_UP = (0.0, -1.0, 0.0)
+VIDEO_FPS = 30.0
+
+
+def random_scene(rng: np.random.Generator, num_gaussians: int = 384) -> tuple[Gaussians, np.ndarray]:
+  """A random scene of exactly `num_gaussians` (>= 16) Gaussians and its (3,) background colour.
+
+  A third of the Gaussians tile a 4 x 4 floor in a checker of two random colours; the rest form 2-5 shaded
+  spherical blobs of random colour, radius 0.2-0.5, centred within 1 of the origin above the floor.
+  """
+  if num_gaussians < 16:
+    raise WonderlandError(f"random_scene: num_gaussians must be >= 16, got {num_gaussians}")
+  num_floor = num_gaussians // 3
+  side = int(np.ceil(np.sqrt(num_floor)))
+  cells = rng.permutation(side * side)[:num_floor]
+  cell = 4.0 / side
+  floor_x = -2.0 + (cells % side + 0.5 + rng.uniform(-0.2, 0.2, num_floor)) * cell
+  floor_z = -2.0 + (cells // side + 0.5 + rng.uniform(-0.2, 0.2, num_floor)) * cell
+  floor_colors = rng.uniform(0.1, 0.9, (2, 3))
+  checker = ((cells % side) // max(1, side // 4) + (cells // side) // max(1, side // 4)) % 2
+  means = [np.stack([floor_x, np.full(num_floor, FLOOR_HEIGHT), floor_z], -1)]
+  scales = [np.tile([0.6 * cell, 0.01, 0.6 * cell], (num_floor, 1))]
+  colors = [np.clip(floor_colors[checker] + rng.normal(0, 0.03, (num_floor, 3)), 0, 1)]
+
+  num_blobs = int(rng.integers(2, 6))
+  counts = np.diff(np.linspace(0, num_gaussians - num_floor, num_blobs + 1).astype(int))
+  light = np.array([0.3, -0.8, -0.5]) / np.linalg.norm([0.3, -0.8, -0.5])
+  for count in counts:
+    radius = rng.uniform(0.2, 0.5)
+    center = np.array([rng.uniform(-1, 1), rng.uniform(-0.4, FLOOR_HEIGHT - radius), rng.uniform(-1, 1)])
+    directions = rng.normal(size=(count, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    shading = 0.55 + 0.45 * np.clip(directions @ light, 0, 1)
+    means.append(center + radius * directions)
+    scales.append(np.full((count, 3), 0.3 * radius))
+    colors.append(np.clip(rng.uniform(0.05, 1.0, 3) * shading[:, None], 0, 1))
+  means, scales, colors = (np.concatenate(parts).astype(np.float32) for parts in (means, scales, colors))
+  gaussians = Gaussians(means=jnp.asarray(means), quats=jnp.tile(jnp.asarray([1.0, 0.0, 0.0, 0.0]), (num_gaussians, 1)),
+                        scales=jnp.asarray(scales), opacities=jnp.full((num_gaussians,), 0.95, jnp.float32),
+                        colors=jnp.asarray(colors))
+  return gaussians, rng.uniform(0.05, 0.95, 3).astype(np.float32)
+
+
+def random_camera_path(rng: np.random.Generator, num_frames: int) -> np.ndarray:
+  """(num_frames, 4, 4) float64 OpenCV camera->world poses on a smooth arc looking at the scene.
+
+  The arc turns 60-150 degrees (either way) around the vertical axis at radius 2.5-3.5, 0.3-1.2 above the
+  origin, with a gentle sinusoidal wobble of radius and height; the look-at point drifts near the origin.
+  """
+  t = np.linspace(0.0, 1.0, num_frames)
+  start = rng.uniform(0, 2 * np.pi)
+  turn = np.deg2rad(rng.uniform(60, 150)) * rng.choice([-1.0, 1.0])
+  angles = start + turn * t
+  radius = rng.uniform(2.5, 3.5) * (1 + 0.1 * np.sin(2 * np.pi * t * rng.uniform(0.5, 1.5) + rng.uniform(0, 6.3)))
+  height = -rng.uniform(0.3, 1.2) + 0.15 * np.sin(2 * np.pi * t + rng.uniform(0, 6.3))
+  eyes = np.stack([radius * np.sin(angles), height, -radius * np.cos(angles)], -1)
+  targets = rng.uniform(-0.2, 0.2, 3) + t[:, None] * rng.uniform(-0.2, 0.2, 3) + [0.0, 0.1, 0.0]
+  return look_at(eyes, targets, up=WORLD_UP)
+
+
+def pinhole_intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
+  """(3, 3) intrinsics with horizontal field of view `fov_deg`, square pixels, centred principal point."""
+  focal = 0.5 * width / np.tan(0.5 * np.deg2rad(fov_deg))
+  return np.array([[focal, 0.0, 0.5 * width], [0.0, focal, 0.5 * height], [0.0, 0.0, 1.0]])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RenderedFrames:
+  """A `FrameSource` that renders `gaussians` from camera i on request (`background` (3,) behind them)."""
+
+  gaussians: Gaussians
+  viewmats: np.ndarray  # (N, 4, 4) world->camera
+  intrinsics: np.ndarray  # (N, 3, 3) pixels
+  background: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.viewmats)
+
+  def read(self, indices, height: int, width: int) -> np.ndarray:
+    indices = np.asarray(indices)
+    cameras = Camera.from_viewmat(self.viewmats[indices].astype(np.float32),
+                                  self.intrinsics[indices].astype(np.float32), width, height)
+    # A static bound on the Gaussian-tile pairs: every Gaussian in every tile. One compile per shape.
+    num_tiles = -(-width // 16) * -(-height // 16)
+    out = rasterize(self.gaussians, cameras, background=jnp.asarray(self.background),
+                    capacity=capacity_for(self.gaussians.num * num_tiles))
+    return np.clip(np.asarray(out.image, np.float32), 0.0, 1.0)
+
+
+def synthetic_scene(seed: int, index: int, *, height: int, width: int, num_source_frames: int = 40,
+                    num_gaussians: int = 384, fov_deg: float = 60.0) -> Scene:
+  """Scene `index` of the synthetic dataset `seed`, rendered at width x height (dataset 'synthetic')."""
+  rng = np.random.default_rng([int(seed), int(index), 1 << 20])  # distinct from clip_rng's streams
+  gaussians, background = random_scene(rng, num_gaussians)
+  viewmats = np.linalg.inv(random_camera_path(rng, num_source_frames))
+  intrinsics = np.broadcast_to(pinhole_intrinsics(width, height, fov_deg), (num_source_frames, 3, 3)).copy()
+  frames = RenderedFrames(gaussians, viewmats, intrinsics, background)
+  return Scene(f"synthetic-{seed}-{index}", f"synthetic dataset (seed {seed}) scene {index}", frames, viewmats,
+               intrinsics, int(width), int(height), "synthetic").validate()
+
+
+class SyntheticDataset:
+  """`num_scenes` synthetic scenes; clip(index, rng) / [index] give clips in the `wonderland_jax.data` format.
+
+  Images are rendered at (spec.height, spec.width), so no resizing happens. [index] uses
+  `clip_rng(seed, index)`: the same clip for the same (seed, index), in any process.
+  """
+
+  def __init__(self, spec: ClipSpec, *, num_scenes: int = 1000, seed: int = 0, num_source_frames: int = 40,
+               num_gaussians: int = 384, fov_deg: float = 60.0):
+    self.spec = spec.validate()
+    if num_scenes < 1:
+      raise WonderlandError(f"SyntheticDataset: num_scenes must be >= 1, got {num_scenes}")
+    if num_source_frames < spec.num_frames:
+      raise WonderlandError(f"SyntheticDataset: num_source_frames ({num_source_frames}) must be >= the clip's "
+                            f"num_frames ({spec.num_frames})")
+    self.num_scenes, self.seed = int(num_scenes), int(seed)
+    self.num_source_frames, self.num_gaussians, self.fov_deg = int(num_source_frames), int(num_gaussians), fov_deg
+
+  def __len__(self) -> int:
+    return self.num_scenes
+
+  def scene(self, index: int) -> Scene:
+    if not 0 <= index < self.num_scenes:
+      raise IndexError(f"synthetic scene {index} out of range [0, {self.num_scenes})")
+    return synthetic_scene(self.seed, index, height=self.spec.height, width=self.spec.width,
+                           num_source_frames=self.num_source_frames, num_gaussians=self.num_gaussians,
+                           fov_deg=self.fov_deg)
+
+  def clip(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    clip = sample_clip(self.scene(int(index)), self.spec, rng)
+    clip["scene_index"] = np.int32(index)
+    return clip
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return self.clip(index, clip_rng(self.seed, index))
+
+
+def write_synthetic_dataset(root: str | os.PathLike, num_scenes: int, *, seed: int = 0, height: int = 32,
+                            width: int = 48, num_frames: int = 24, num_gaussians: int = 384, fov_deg: float = 60.0,
+                            video: bool = False, overwrite: bool = False) -> list[str]:
+  """Writes `num_scenes` synthetic scenes in RealEstate10K layout; returns their names.
+
+      root/poses/<name>.txt               RealEstate10K pose file (timestamps i * 1e6 / 30 us)
+      root/frames/<name>/<timestamp>.png  one frame per camera (or, with video=True,
+      root/videos/<name>.mp4              an H.264 video at 30 fps, lossy)
+
+  The whole `root` is written in a staging folder and renamed at the end. `root` must not exist or be empty,
+  unless `overwrite`. Scene i is `synthetic_scene(seed, i)` with `num_frames` cameras.
+  """
+  root = Path(root)
+  if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
+    raise InputFileError(f"{root}: exists and is not an empty folder (pass overwrite=True to replace it)")
+  names = [f"synthetic{index:05d}" for index in range(num_scenes)]
+  timestamps = np.rint(np.arange(num_frames) * 1e6 / VIDEO_FPS).astype(np.int64)
+  with atomic_directory(root) as staging:
+    for index, name in progress(list(enumerate(names)), desc="synthetic scenes"):
+      scene = synthetic_scene(seed, index, height=height, width=width, num_source_frames=num_frames,
+                              num_gaussians=num_gaussians, fov_deg=fov_deg)
+      frames = scene.load_frames(np.arange(num_frames))
+      cameras = Camera.from_viewmat(scene.viewmats.astype(np.float32), scene.intrinsics.astype(np.float32), width,
+                                    height)
+      write_realestate10k(staging / "poses" / f"{name}.txt",
+                          PoseSequence(cameras, [str(t) for t in timestamps], timestamps),
+                          url=f"synthetic://seed={seed}/scene={index}")
+      if video:
+        write_video(staging / "videos" / f"{name}.mp4", frames, fps=VIDEO_FPS)
+      else:
+        for timestamp, frame in zip(timestamps, frames):
+          write_png(staging / "frames" / name / f"{timestamp}.png", frame)
+  logger.info("wrote %d synthetic scenes to %s", num_scenes, root)
+  return names
