@@ -1,15 +1,16 @@
 """`wonderland sample` end to end on a converted tiny CogVideoX pipeline (tokenizer, T5, transformer, VAE)."""
 
 import json
+import shutil
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import sentencepiece
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from transformers import T5Config, T5EncoderModel
 
+from tests.reference_models import make_t5_tokenizer
 from wonderland_jax.cli import main
 from wonderland_jax.io_utils import write_png
 
@@ -29,12 +30,8 @@ def converted(tmp_path_factory):
                               use_rotary_positional_embeddings=True).save_pretrained(root / "transformer")
   T5EncoderModel(T5Config(vocab_size=160, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_heads=4,
                           feed_forward_proj="gated-gelu")).save_pretrained(root / "text_encoder")
-  (root / "corpus.txt").write_text(CORPUS * 5)
-  (root / "tokenizer").mkdir()
-  sentencepiece.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer" / "spiece"),
-                                           vocab_size=30, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
-                                           bos_id=-1, minloglevel=2)
-  (root / "tokenizer" / "spiece.vocab").unlink()
+  _, tokenizer, _ = make_t5_tokenizer(tmp_path_factory.mktemp("sentencepiece"), CORPUS * 5, vocab_size=30)
+  shutil.copytree(tokenizer, root / "tokenizer")  # spiece.model and tokenizer_config.json, as CogVideoX has them
   (root / "scheduler").mkdir()
   (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({
       "_class_name": "CogVideoXDPMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",

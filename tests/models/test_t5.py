@@ -10,13 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.torch
-import sentencepiece
 import torch
 import transformers
 from flax import nnx
-from sentencepiece import sentencepiece_model_pb2
 
-from tests.reference_models import randomize_norms, save_reference
+from tests.reference_models import make_t5_tokenizer, randomize_norms, save_reference
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import ConversionError, convert_state, open_source
 from wonderland_jax.convert import t5 as t5_convert
@@ -205,32 +203,7 @@ PROMPTS = [
 def tokenizer_folders(tmp_path_factory):
   """(folder saved by transformers' save_pretrained plus spiece.model, folder laid out like a CogVideoX
   pipeline's tokenizer/: spiece.model and tokenizer_config.json), the sentencepiece model's path."""
-  root = tmp_path_factory.mktemp("tokenizer")
-  (root / "corpus.txt").write_text(CORPUS * 3)
-  sentencepiece.SentencePieceTrainer.train(
-    input=str(root / "corpus.txt"), model_prefix=str(root / "tiny"), vocab_size=100, model_type="unigram",
-    pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
-  model_file = root / "tiny.model"
-  processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
-  # T5Tokenizer(vocab_file=...) is ignored by transformers 5; the vocabulary must be given as (piece, score)
-  # pairs, with the sentinels after the pieces in reverse order, as transformers lays out a real spiece.model.
-  vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
-  vocab += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(100))]
-  # The model's NFKC normalisation table, which transformers takes from a spiece.model when it converts one.
-  proto = sentencepiece_model_pb2.ModelProto()
-  proto.ParseFromString(model_file.read_bytes())
-  saved = root / "saved"
-  transformers.T5Tokenizer(vocab=vocab, _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap
-                           ).save_pretrained(saved)
-  shutil.copy(model_file, saved / "spiece.model")  # save_pretrained writes tokenizer.json only
-  pipeline_like = root / "pipeline_tokenizer"
-  pipeline_like.mkdir()
-  shutil.copy(model_file, pipeline_like / "spiece.model")
-  (pipeline_like / "tokenizer_config.json").write_text(json.dumps({
-    "tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-    "extra_ids": 100, "additional_special_tokens": [f"<extra_id_{i}>" for i in range(100)],
-    "model_max_length": 226, "legacy": True}))
-  return saved, pipeline_like, model_file
+  return make_t5_tokenizer(tmp_path_factory.mktemp("tokenizer"), CORPUS * 3, vocab_size=100)
 
 
 def _transformers_tokenize(tokenizer, prompts, max_length):

@@ -37,14 +37,15 @@ class Converter:
   name: the CLI name (`wonderland convert <name>`); kind: the checkpoint kind (`checkpoints.register_model`);
   subfolder: the model's folder in a pipeline root (e.g. "vae"), or None; config_from_source: source
   config.json dict -> our JSON-serialisable config (raise `WonderlandError` / KeyError for an unusable one);
-  rules: the rule table; build: (config, rngs) -> nnx.Module, the same builder as registered for `kind`.
+  rules: the rule table, or a function of our config giving it (when layouts differ between versions under
+  the same key names); build: (config, rngs) -> nnx.Module, the same builder as registered for `kind`.
   """
 
   name: str
   kind: str
   subfolder: str | None
   config_from_source: Callable[[dict], dict]
-  rules: Sequence[Rule]
+  rules: Sequence[Rule] | Callable[[dict], Sequence[Rule]]
   build: Callable[[dict, nnx.Rngs], nnx.Module]
 
 
@@ -74,7 +75,8 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwr
   except (KeyError, TypeError, ValueError) as e:
     raise InputFileError(f"{source.config_path}: cannot make a {name} config from it: {e!r}") from e
   abstract = checkpoints.abstract_model(converter.build, config)
-  state, report = convert_state(source, converter.rules, abstract, dtype=dtype, progress_desc=f"convert {name}")
+  rules = converter.rules(config) if callable(converter.rules) else converter.rules
+  state, report = convert_state(source, rules, abstract, dtype=dtype, progress_desc=f"convert {name}")
   metadata = {"converter": name, "source": describe(source), "report": report.to_json()}
   checkpoints.save(out, state, kind=converter.kind, config=config, overwrite=overwrite, metadata=metadata)
   logger.info("converted %s: %d parameters in %d tensors (source %s -> %s), max rounding error %.3g, %.1fs; "
@@ -93,7 +95,7 @@ def _register_builtin() -> None:
                                 build=vae.build)
   CONVERTERS["transformer"] = Converter(
       name="transformer", kind="cogvideox_transformer", subfolder="transformer",
-      config_from_source=cogvideox_transformer.config_from_source, rules=cogvideox_transformer.RULES,
+      config_from_source=cogvideox_transformer.config_from_source, rules=cogvideox_transformer.rules_for,
       build=dit.build)
   CONVERTERS["text_encoder"] = Converter(name="text_encoder", kind="t5_encoder", subfolder="text_encoder",
                                          config_from_source=t5_rules.config_from_source, rules=t5_rules.RULES,

@@ -8,6 +8,10 @@ The loop is one jitted step (model evaluation with classifier-free guidance + sc
 loop with a progress bar. As in the pipeline: the image latents (VAE posterior *sample*, times the VAE's
 scaling factor) are padded with zeros along time and concatenated to the noisy latents along channels; the
 guided batch is [negative; positive]; DPM steps draw fresh noise every step.
+
+CogVideoX 1.5 (`patch_size_t`) as the pipeline runs it: the latent frames are padded to a whole number of
+temporal patches by `additional_frames` more frames (the image latents stay in frame 0), the I2V model gets
+`ofs` = 2.0, and the first `additional_frames` denoised frames are dropped (see `padded_latent_frames`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,35 @@ def encode_image(vae, image: jax.Array, noise: jax.Array) -> jax.Array:
   return latents / factor if vae.config.invert_scale_latents else latents * factor
 
 
+# The I2V pipeline's `ofs` for CogVideoX 1.5 I2V transformers (those with an ofs embedding).
+OFS = 2.0
+
+
+def padded_latent_frames(num_latent_frames: int, patch_size_t: int | None) -> tuple[int, int]:
+  """(frames sampled, additional_frames) for a video of `num_latent_frames` latent frames, as
+  `CogVideoXImageToVideoPipeline` pads them for CogVideoX 1.5: `additional_frames` are the frames up to a whole
+  number of temporal patches (the pipeline adds 4 x that many video frames). Its `prepare_latents` then adds
+  (frames % patch_size_t) more, which is 0 after that padding (kept to follow it; see `_condition`). The
+  first `additional_frames` of the sampled latents are dropped at the end."""
+  if not patch_size_t:
+    return num_latent_frames, 0
+  additional = (patch_size_t - num_latent_frames % patch_size_t) % patch_size_t
+  padded = num_latent_frames + additional
+  return padded + padded % patch_size_t, additional
+
+
+def _condition(image_latents: jax.Array, num_latent_frames: int, patch_size_t: int | None) -> jax.Array:
+  """The pipeline's `prepare_latents` image latents for `padded_latent_frames(num_latent_frames, patch_size_t)`:
+  the image in frame 0 and zeros after, over the padded frames; for 1.5, their first (padded % patch_size_t)
+  frames repeated in front (none, since the padding makes whole patches)."""
+  batch, _, height, width, channels = image_latents.shape
+  padded = num_latent_frames + padded_latent_frames(num_latent_frames, patch_size_t)[1]
+  condition = jnp.concatenate(
+      [image_latents, jnp.zeros((batch, padded - 1, height, width, channels), image_latents.dtype)], 1)
+  first = condition[:, :padded % patch_size_t] if patch_size_t else condition[:, :0]
+  return jnp.concatenate([first, condition], 1)
+
+
 def _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_embeds, num_latent_frames):
   config = transformer.config
   if image_latents.ndim != 5 or image_latents.shape[1] != 1:
@@ -41,9 +74,8 @@ def _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_emb
   if 2 * image_latents.shape[-1] != config.in_channels:
     raise WonderlandError(f"the transformer takes {config.in_channels} channels = 2 x latent channels; the image "
                           f"latents have {image_latents.shape[-1]}")
-  if num_latent_frames < 1 or (config.patch_size_t and num_latent_frames % config.patch_size_t):
-    raise WonderlandError(f"num_latent_frames={num_latent_frames} does not suit this transformer "
-                          f"(patch_size_t={config.patch_size_t}); 49 frames = 13 latent frames")
+  if num_latent_frames < 1:
+    raise WonderlandError(f"num_latent_frames={num_latent_frames} must be at least 1; 49 frames = 13 latent frames")
   if config.use_learned_positional_embeddings:
     expected = (config.sample_height, config.sample_width)
     if tuple(image_latents.shape[2:4]) != expected:
@@ -55,13 +87,13 @@ def _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_emb
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "guided", "num_inference_steps"))
-def _denoise_step(graphdef, params, tables, latents, state, condition, context, timestep, scale, noise, *,
+def _denoise_step(graphdef, params, tables, latents, state, condition, context, timestep, scale, noise, ofs, *,
                   guided: bool, num_inference_steps: int):
   """One guided model evaluation and scheduler update; compiled once per model and shapes, not per call."""
   model = nnx.merge(graphdef, params)
   model_input = jnp.concatenate([latents, latents], 0) if guided else latents
   model_input = jnp.concatenate([model_input, condition.astype(model_input.dtype)], -1)
-  prediction = model(model_input, context, jnp.full((model_input.shape[0],), timestep)).astype(jnp.float32)
+  prediction = model(model_input, context, jnp.full((model_input.shape[0],), timestep), ofs=ofs).astype(jnp.float32)
   if guided:
     uncond, cond = jnp.split(prediction, 2, axis=0)
     prediction = uncond + scale * (cond - uncond)
@@ -77,16 +109,25 @@ def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_
 
   image_latents: (B, 1, h, w, C), already scaled (`encode_image`). prompt_embeds / negative_prompt_embeds:
   (B, L, D_text) (negative defaults to zeros, i.e. an empty prompt's embeddings must be passed to match the
-  pipeline). latents: the initial noise (default drawn from `key`). step_noise: optional callable
-  step_index -> noise for the DPM scheduler (default drawn from `key`); tests use it to replay diffusers' draws.
+  pipeline). latents: the initial noise (default drawn from `key`), (B, F, h, w, C) with F the frames actually
+  sampled: num_latent_frames, or for CogVideoX 1.5 `padded_latent_frames(num_latent_frames, patch_size_t)[0]`
+  (the pipeline's latent shape). step_noise: optional callable step_index -> noise of that shape for the DPM
+  scheduler (default drawn from `key`); tests use it to replay diffusers' draws.
   """
   _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_embeds, num_latent_frames)
+  config = transformer.config
   batch, _, height, width, channels = image_latents.shape
+  frames, additional = padded_latent_frames(num_latent_frames, config.patch_size_t)
+  shape = (batch, frames, height, width, channels)
   init_key, noise_key = jax.random.split(key)
   if latents is None:
-    latents = jax.random.normal(init_key, (batch, num_latent_frames, height, width, channels), jnp.float32)
-  condition = jnp.concatenate(
-      [image_latents, jnp.zeros((batch, num_latent_frames - 1, height, width, channels), image_latents.dtype)], 1)
+    latents = jax.random.normal(init_key, shape, jnp.float32)
+  elif tuple(latents.shape) != shape:
+    raise WonderlandError(f"latents (the initial noise) must be {shape} for {num_latent_frames} latent frames"
+                          + (f" ({additional} padding frame(s) for patch_size_t={config.patch_size_t})"
+                             if additional else "") + f"; got {tuple(latents.shape)}")
+  condition = _condition(image_latents, num_latent_frames, config.patch_size_t)
+  ofs = jnp.full((1,), OFS, jnp.float32) if config.ofs_embed_dim else None
   guided = uses_guidance(guidance_scale)
   if guided:
     negative = jnp.zeros_like(prompt_embeds) if negative_prompt_embeds is None else negative_prompt_embeds
@@ -107,6 +148,6 @@ def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_
       noise = (step_noise(index) if step_noise is not None
                else jax.random.normal(jax.random.fold_in(noise_key, index), latents.shape, jnp.float32))
     latents, state = _denoise_step(graphdef, params, tables, latents, state, condition, context,
-                                   jnp.int32(schedule[index]), np.float32(scales[index]), noise, guided=guided,
+                                   jnp.int32(schedule[index]), np.float32(scales[index]), noise, ofs, guided=guided,
                                    num_inference_steps=num_inference_steps)
-  return latents
+  return latents[:, additional:]

@@ -7,6 +7,10 @@ Attribute paths mirror diffusers (`transformer_blocks[3].attn1.to_q`, `ff.net[2]
 (`wonderland_jax/convert/cogvideox_transformer.py`) is a short rule table. The rotary tables (what diffusers'
 pipelines pass as `image_rotary_emb`) and the sin-cos positional embeddings are computed inside from the
 input's shape, exactly as the CogVideoX pipelines compute them, and cached per shape (they are constants).
+
+CogVideoX 1.0 (2B, 5B, 5B-I2V) and 1.5 (`patch_size_t`: a linear embedding of (p_t, p, p) patches, 'slice'
+rotary grids; the 1.5 I2V model adds the `ofs` embedding) configs build. For training, `DiTConfig.remat`
+names the rematerialisation policy applied to each transformer block (`nn.remat.REMAT_POLICIES`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import dot_product_attention
+from wonderland_jax.nn.remat import ATTENTION, REMAT_POLICIES, rematerialized, remat_policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +66,7 @@ class DiTConfig:
   patch_bias: bool = True
   dtype: str = "float32"  # compute dtype of the matmuls (params stay float32; norms and softmax in float32)
   attention: str = "xla"  # wonderland_jax.nn.attention implementation
+  remat: str = "none"  # rematerialisation policy per transformer block, a key of REMAT_POLICIES
 
   @classmethod
   def from_diffusers(cls, config: dict, **overrides) -> DiTConfig:
@@ -76,6 +83,7 @@ class DiTConfig:
     if self.activation_fn != "gelu-approximate" or self.timestep_activation_fn != "silu":
       raise WonderlandError("transformer config: only activation_fn 'gelu-approximate' and timestep_activation_fn "
                             f"'silu' are supported, got {self.activation_fn!r}, {self.timestep_activation_fn!r}")
+    remat_policy(self.remat, "transformer config")
 
   @property
   def inner_dim(self) -> int:
@@ -84,6 +92,10 @@ class DiTConfig:
   @property
   def output_channels(self) -> int:
     return self.out_channels or self.in_channels
+
+
+def _run_block(block, video, text, temb, rotary):
+  return block(video, text, temb, rotary)
 
 
 # ------------------------------------------------------------------------------ constant embeddings (numpy)
@@ -289,7 +301,7 @@ class Attention(nnx.Module):
       cos, sin = rotary
       query = jnp.concatenate([query[:, :text_length], apply_rotary(query[:, text_length:], cos, sin)], axis=1)
       key = jnp.concatenate([key[:, :text_length], apply_rotary(key[:, text_length:], cos, sin)], axis=1)
-    out = dot_product_attention(query, key, value, implementation=self.implementation)
+    out = checkpoint_name(dot_product_attention(query, key, value, implementation=self.implementation), ATTENTION)
     out = self.to_out[0](out.reshape(*out.shape[:2], -1))
     return out[:, text_length:], out[:, :text_length]
 
@@ -350,6 +362,7 @@ class CogVideoXTransformer(nnx.Module):
   """See the module docstring."""
 
   def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
+    config.validate()
     self.config = config
     dim = config.inner_dim
     self.patch_embed = PatchEmbed(config, rngs=rngs)
@@ -398,8 +411,9 @@ class CogVideoXTransformer(nnx.Module):
     text_length = text_embeddings.shape[1]
     text, video = hidden[:, :text_length], hidden[:, text_length:]
     rotary = self.rotary(frames, height, width)
+    run_block = rematerialized(_run_block, config.remat)
     for block in self.transformer_blocks:
-      video, text = block(video, text, emb, rotary)
+      video, text = run_block(block, video, text, emb, rotary)
     video = self.proj_out(self.norm_out(_norm(self.norm_final, video), emb))
     p, p_t, c = config.patch_size, config.patch_size_t or 1, config.output_channels
     out = video.reshape(batch, frames // p_t, height // p, width // p, c, p_t, p, p)

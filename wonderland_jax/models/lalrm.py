@@ -42,7 +42,8 @@ from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
 from wonderland_jax.nn.partitioning import param_init_context, partitioned
-from wonderland_jax.nn.remat import REMAT_POLICIES, remat_policy
+from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
+from jax.ad_checkpoint import checkpoint_name
 from wonderland_jax.splat.gaussians import Gaussians
 
 GAUSSIAN_CHANNELS = 12
@@ -93,8 +94,7 @@ class LaLRMConfig:
                             f"{token_stride} (= spatial_compression x patch_size)")
     if self.attention not in IMPLEMENTATIONS:
       raise WonderlandError(f"lalrm config: attention {self.attention!r} is not one of {IMPLEMENTATIONS}")
-    if self.remat not in REMAT_POLICIES:
-      raise WonderlandError(f"lalrm config: remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
+    remat_policy(self.remat, "lalrm config")
     if not self.near < self.far:
       raise WonderlandError(f"lalrm config: near {self.near} must be below far {self.far}")
 
@@ -133,6 +133,7 @@ class Attention(nnx.Module):
     query, key, value = jnp.split(self.qkv(x), 3, axis=-1)
     split = lambda y: einops.rearrange(y, "b l (n d) -> b l n d", n=self.num_heads)
     out = dot_product_attention(split(query), split(key), split(value), implementation=self.implementation)
+    out = checkpoint_name(out, ATTENTION)
     return self.out(einops.rearrange(out, "b l n d -> b l (n d)"))
 
 
@@ -158,6 +159,10 @@ class Block(nnx.Module):
   def __call__(self, x):
     x = x + self.attn(_norm(self.norm1, x))
     return x + self.mlp(_norm(self.norm2, x))
+
+
+def _run_block(block, x):
+  return block(x)
 
 
 class LaLRM(nnx.Module):
@@ -208,10 +213,7 @@ class LaLRM(nnx.Module):
     pose = self.pose_embed(jnp.concatenate([padding, plucker], axis=1).astype(dtype))
     pose_tokens = einops.rearrange(pose, "b t h w c -> b (t h w) c")
     x = self.input_proj(jnp.concatenate([latent_tokens, pose_tokens.astype(dtype)], axis=-1))
-    block_fn = lambda block, y: block(y)
-    policy = remat_policy(config.remat)
-    if policy is not None:
-      block_fn = nnx.remat(block_fn, policy=policy)
+    block_fn = rematerialized(_run_block, config.remat)
     for block in self.blocks:
       x = block_fn(block, x)
     x = self.deconv(_norm(self.norm_out, x)).astype(jnp.float32)
