@@ -133,6 +133,64 @@ def _convert(args: argparse.Namespace) -> None:
   convert.convert(args.model, args.src, args.out, overwrite=args.overwrite, dtype=args.dtype)
 
 
+def _train(args: argparse.Namespace) -> None:
+  from wonderland_jax.train.config import load_config  # noqa: PLC0415 (keeps `wonderland render` light)
+  from wonderland_jax.train.lalrm import lalrm_task  # noqa: PLC0415
+  from wonderland_jax.train.loop import train  # noqa: PLC0415
+  config = load_config(args.config, args.overrides)
+  result = train(lalrm_task(config), config, args.workdir)
+  if result.status == "preempted":
+    logger.info("stopped at step %d; run the same command again to resume", result.step)
+  else:
+    logger.info("trained %d steps; model in %s", result.step, Path(args.workdir) / "model")
+
+
+def _prepare_latents(args: argparse.Namespace) -> None:
+  from wonderland_jax.data.latent_cache import prepare_latents  # noqa: PLC0415
+  from wonderland_jax.train.config import load_config  # noqa: PLC0415
+  from wonderland_jax.train.lalrm import load_vae  # noqa: PLC0415
+  config = load_config(args.config, args.overrides)
+  cache = prepare_latents(config, load_vae(config), args.out, num_clips=args.num_clips, shard_size=args.shard_size,
+                          seed=args.seed, batch_size=args.batch_size, image_codec=args.image_codec,
+                          overwrite=args.overwrite)
+  logger.info("wrote %d clips to %s; train from it with --config.data.source=latents --config.data.root=%s "
+              "--config.data.encode_frames=False", len(cache), args.out, args.out)
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+  from wonderland_jax import checkpoints  # noqa: PLC0415
+  from wonderland_jax.reconstruct import (default_vae_directory, read_frames, reconstruct,  # noqa: PLC0415
+                                          trained_normalization)
+  from wonderland_jax.splat import save_ply  # noqa: PLC0415
+  if Path(args.out).suffix.lower() != ".ply":
+    raise WonderlandError(f"--out {args.out}: the scene is written as a .ply file")
+  if args.render is not None and Path(args.render).suffix.lower() not in VIDEO_EXTENSIONS:
+    raise WonderlandError(f"--render {args.render}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
+  lalrm = checkpoints.load(args.model)
+  vae_directory = Path(args.vae) if args.vae else default_vae_directory(args.model)
+  if not vae_directory.is_dir():
+    raise WonderlandError(f"--vae: {vae_directory} not found; pass the VAE the LaLRM was trained with")
+  vae = checkpoints.load(vae_directory)
+  frames = read_frames(args.video)
+  height, width = frames.shape[1:3]
+  if args.size:
+    width, height = args.size
+    frames = np.stack([resize_image(frame, height, width) for frame in frames])
+  poses = read_pose_file(args.cameras, width=width, height=height)
+  if len(poses) != len(frames):
+    raise WonderlandError(f"--cameras {args.cameras} has {len(poses)} poses but --video {args.video} has "
+                          f"{len(frames)} frames")
+  scale_mode, scale_target = trained_normalization(args.model)
+  gaussians, cameras = reconstruct(lalrm, vae, frames, poses.cameras, scale_mode=scale_mode,
+                                   scale_target=scale_target)
+  save_ply(args.out, gaussians)
+  logger.info("wrote %s (%d Gaussians)", args.out, gaussians.num)
+  if args.render:
+    frames_out = list(render_frames(gaussians, cameras, desc="rendering the input path"))
+    write_video(args.render, frames_out, fps=args.fps)
+    logger.info("wrote %s (the input cameras, re-rendered)", args.render)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="wonderland", description=__doc__.split("\n\n")[0])
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -194,13 +252,56 @@ def build_parser() -> argparse.ArgumentParser:
   converting.add_argument("--dtype", choices=sorted(convert.DTYPES), default="float32",
                           help="dtype of the stored params")
   converting.set_defaults(run=_convert)
+
+  training = commands.add_parser(
+      "train", help="train a model with a config file; reruns on the same --workdir resume from its last "
+                    "checkpoint; extra --config.a.b=value flags override the config")
+  training.add_argument("model", choices=["lalrm"], help="what to train")
+  training.add_argument("--config", required=True,
+                        help="a config file (configs/lalrm_tiny.py) or the name of one in configs/")
+  training.add_argument("--workdir", required=True,
+                        help="checkpoints/, tensorboard/, metrics.jsonl, config.json and the final model/")
+  training.set_defaults(run=_train, accepts_overrides=True)
+
+  latents = commands.add_parser(
+      "prepare-latents", help="encode training clips once with the frozen VAE into a latent cache (ArrayRecord "
+                              "shards + index.json) that `wonderland train` streams")
+  latents.add_argument("--config", required=True, help="the training config: its data.* says which clips "
+                                                       "(synthetic, or --config.data.source=scenes with "
+                                                       "--config.data.format/--config.data.root), its vae.* the VAE")
+  latents.add_argument("--out", required=True, help="the cache directory (must not exist unless --overwrite)")
+  latents.add_argument("--num-clips", type=_positive_int, required=True,
+                       help="clips to write (scenes are visited in a seeded order, once per pass)")
+  latents.add_argument("--shard-size", type=_positive_int, default=256, help="clips per shard")
+  latents.add_argument("--batch-size", type=_positive_int, default=1, help="clips per VAE call")
+  latents.add_argument("--seed", type=int, default=0, help="scene order and clip sampling")
+  latents.add_argument("--image-codec", choices=("png", "raw"), default="png", help="how target images are stored")
+  latents.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
+  latents.set_defaults(run=_prepare_latents, accepts_overrides=True)
+
+  recon = commands.add_parser("reconstruct", help="a video and its cameras -> a 3D Gaussian scene (.ply) with a "
+                                                  "trained LaLRM")
+  recon.add_argument("--model", required=True, help="a trained LaLRM (<workdir>/model)")
+  recon.add_argument("--vae", default=None, help="the VAE it was trained with (default: <model>/../vae)")
+  recon.add_argument("--video", required=True, help="a video file or a directory of frames (1 + 4k frames)")
+  recon.add_argument("--cameras", required=True, help="pose file, one camera per frame: RealEstate10K .txt, "
+                                                      "nerfstudio transforms.json or a COLMAP text model")
+  recon.add_argument("--size", type=_size, default=None, help="resize frames to WIDTHxHEIGHT first")
+  recon.add_argument("--out", required=True, help="output .ply")
+  recon.add_argument("--render", default=None, help="also render the input camera path to this video")
+  recon.add_argument("--fps", type=float, default=8.0)
+  recon.set_defaults(run=_reconstruct)
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  if extra and not getattr(args, "accepts_overrides", False):
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  args.overrides = extra
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                      format="[wonderland] %(message)s", stream=sys.stderr)
+                      format="[wonderland] %(message)s", stream=sys.stderr, force=True)
   for noisy in ("jax", "absl", "imageio", "imageio_ffmpeg"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:

@@ -1,0 +1,103 @@
+"""A video (or frames) with its cameras -> a 3D Gaussian scene, with a trained LaLRM.
+
+    scene, cameras = reconstruct(lalrm, vae, frames, cameras)      # frames (F, H, W, 3) in [0, 1]
+
+The frames are encoded by the VAE (posterior mean times its scaling factor: what the LaLRM trained on), the
+cameras are re-based on the first frame and scale-normalised exactly as the training clips were
+(`data.clips.normalize_poses` with the mode and target the model was trained with), and the Gaussians are
+returned in the first camera's frame, in the *input's* units (the normalisation undone: means and scales
+divided by the pose scale), so they line up with the given cameras re-based on the first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wonderland_jax import checkpoints
+from wonderland_jax.camera.camera import Camera
+from wonderland_jax.data.clips import normalize_poses
+from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.io_utils import read_image
+from wonderland_jax.models.lalrm import LaLRM
+from wonderland_jax.splat.gaussians import Gaussians
+from wonderland_jax.train.lalrm import encode_frames, predict
+
+logger = logging.getLogger("wonderland_jax")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_frames(path: str | os.PathLike) -> np.ndarray:
+  """A video file (any imageio-ffmpeg format) or a directory of images (sorted by name) -> (F, H, W, 3)
+  float32 in [0, 1]."""
+  path = Path(path)
+  if path.is_dir():
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+      raise InputFileError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    frames = [read_image(p) for p in files]
+    if len({f.shape for f in frames}) != 1:
+      raise InputFileError(f"{path}: the images differ in size")
+    return np.stack(frames)
+  if not path.is_file():
+    raise InputFileError(f"{path}: no such video file or frames directory")
+  import imageio.v3 as iio3  # noqa: PLC0415
+  try:
+    frames = np.asarray(iio3.imread(path))
+  except Exception as error:  # noqa: BLE001 (imageio raises many types for undecodable files)
+    raise InputFileError(f"{path}: cannot read the video ({error})") from None
+  if frames.ndim != 4 or frames.shape[-1] < 3:
+    raise InputFileError(f"{path}: expected a colour video, got an array of shape {frames.shape}")
+  return frames[..., :3].astype(np.float32) / 255.0
+
+
+def trained_normalization(lalrm_directory: str | os.PathLike) -> tuple[str, float]:
+  """(scale_mode, scale_target) the LaLRM in `lalrm_directory` was trained with (default max_distance, 1)."""
+  metadata = checkpoints.read_description(lalrm_directory)[2] or {}
+  data = metadata.get("trained_with", {}).get("data", {})
+  return data.get("scale_mode", "max_distance"), float(data.get("scale_target", 1.0))
+
+
+def default_vae_directory(lalrm_directory: str | os.PathLike) -> Path:
+  """Where a training run exported the VAE it used, beside the model (`<workdir>/vae`)."""
+  return Path(lalrm_directory).parent / "vae"
+
+
+@nnx.jit(static_argnames=("height", "width"))
+def _predict(lalrm, vae, frames, viewmats, intrinsics, height, width):
+  latents = encode_frames(vae, frames)
+  gaussian_map, gaussians = predict(lalrm, latents, viewmats, intrinsics, height, width)
+  return gaussian_map, gaussians
+
+
+def reconstruct(lalrm: LaLRM, vae, frames: np.ndarray, cameras: Camera, *, scale_mode: str = "max_distance",
+                scale_target: float = 1.0) -> tuple[Gaussians, Camera]:
+  """frames (F, H, W, 3) in [0, 1] with F cameras (any resolution, same field of view) -> (Gaussians, the
+  cameras re-based on the first frame, in the input's units). F must be 1 + 4k and H, W multiples of the
+  LaLRM's token stride."""
+  config = lalrm.config
+  num_frames, height, width, _ = frames.shape
+  if (num_frames - 1) % config.temporal_compression:
+    raise WonderlandError(f"{num_frames} frames: the LaLRM needs 1 + {config.temporal_compression}k frames "
+                          "(e.g. 49); trim the video")
+  if len(cameras) != num_frames:
+    raise WonderlandError(f"{num_frames} frames but {len(cameras)} cameras")
+  stride = config.spatial_compression * config.patch_size
+  if height % stride or width % stride:
+    raise WonderlandError(f"frames of {width}x{height}: width and height must be multiples of {stride}")
+  cameras = cameras.resized(width, height)
+  viewmats, scale = normalize_poses(np.asarray(cameras.viewmat), num_frames, scale_mode, scale_target)
+  _, gaussians = _predict(lalrm, vae, jnp.asarray(frames)[None], jnp.asarray(viewmats, jnp.float32)[None],
+                          jnp.asarray(cameras.K)[None], height, width)
+  gaussians = jax.tree.map(lambda x: x[0], gaussians)
+  unscaled = viewmats.copy()
+  unscaled[:, :3, 3] /= scale
+  gaussians = gaussians.replace(means=gaussians.means / scale, scales=gaussians.scales / scale)
+  return gaussians, Camera(jnp.asarray(unscaled, jnp.float32), cameras.K, width, height)
