@@ -28,12 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
                      num_target_unseen=2, num_train_scenes=100_000, num_eval_scenes=8, eval_seed=1,
                      shuffle_seed=0, worker_threads=0, on_error="skip", format=placeholder(str),
                      root=placeholder(str), eval_root=placeholder(str), images_dir=placeholder(str),
-                     stride=placeholder(tuple), scale_mode="max_distance", scale_target=1.0)
+                     stride=placeholder(tuple), scale_mode="max_distance", scale_target=1.0,
+                     synthetic_background=(0.0, 0.0, 0.0))  # = render.background
   config.render = dict(capacity=0, tile_size=16, background=(0.0, 0.0, 0.0))
   config.loss = dict(perceptual_weight=0.0, vgg_weights="")
   config.lpips = dict(backbone_weights="", heads_weights="")
-  config.train = dict(steps=600, batch_size=4, grad_accum=1, log_every=20, checkpoint_every=100,
+  config.train = dict(steps=1500, batch_size=4, grad_accum=1, log_every=20, checkpoint_every=100,
                       keep_checkpoints=3, eval_every=200, nonfinite="skip", async_checkpoints=True)
-  config.optimizer = dict(learning_rate=1e-3, warmup_steps=50, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
+  config.optimizer = dict(learning_rate=2e-3, warmup_steps=50, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
                           clip_norm=1.0, final_lr_fraction=0.1, schedule="cosine")
   return config

@@ -45,7 +45,8 @@ PARAMS_DIR = "params"
 # kind -> module whose import registers it.
 KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae",
                                "cogvideox_transformer": "wonderland_jax.models.dit",
-                               "t5_encoder": "wonderland_jax.models.t5"}
+                               "t5_encoder": "wonderland_jax.models.t5",
+                               "lalrm": "wonderland_jax.models.lalrm"}
 ModelBuilder = Callable[[dict, nnx.Rngs], nnx.Module]
 LogicalRules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
 

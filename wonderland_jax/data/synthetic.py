@@ -36,8 +36,10 @@ WORLD_UP = (0.0, -1.0, 0.0)
 VIDEO_FPS = 30.0
 
 
-def random_scene(rng: np.random.Generator, num_gaussians: int = 384) -> tuple[Gaussians, np.ndarray]:
-  """A random scene of exactly `num_gaussians` (>= 16) Gaussians and its (3,) background colour.
+def random_scene(rng: np.random.Generator, num_gaussians: int = 384,
+                 background: tuple[float, float, float] | None = None) -> tuple[Gaussians, np.ndarray]:
+  """A random scene of exactly `num_gaussians` (>= 16) Gaussians and its (3,) background colour (random, or
+  `background` when given: a reconstruction model rendering over the same colour need not model it).
 
   A third of the Gaussians tile a 4 x 4 floor in a checker of two random colours; the rest form 2-5 shaded
   spherical blobs of random colour, radius 0.2-0.5, centred within 1 of the origin above the floor.
@@ -72,7 +74,8 @@ def random_scene(rng: np.random.Generator, num_gaussians: int = 384) -> tuple[Ga
   gaussians = Gaussians(means=jnp.asarray(means), quats=jnp.tile(jnp.asarray([1.0, 0.0, 0.0, 0.0]), (num_gaussians, 1)),
                         scales=jnp.asarray(scales), opacities=jnp.full((num_gaussians,), 0.95, jnp.float32),
                         colors=jnp.asarray(colors))
-  return gaussians, rng.uniform(0.05, 0.95, 3).astype(np.float32)
+  random_background = rng.uniform(0.05, 0.95, 3).astype(np.float32)  # drawn either way: same scenes
+  return gaussians, random_background if background is None else np.asarray(background, np.float32)
 
 
 def random_camera_path(rng: np.random.Generator, num_frames: int) -> np.ndarray:
@@ -122,10 +125,10 @@ class RenderedFrames:
 
 
 def synthetic_scene(seed: int, index: int, *, height: int, width: int, num_source_frames: int = 40,
-                    num_gaussians: int = 384, fov_deg: float = 60.0) -> Scene:
+                    num_gaussians: int = 384, fov_deg: float = 60.0, background=None) -> Scene:
   """Scene `index` of the synthetic dataset `seed`, rendered at width x height (dataset 'synthetic')."""
   rng = np.random.default_rng([int(seed), int(index), 1 << 20])  # distinct from clip_rng's streams
-  gaussians, background = random_scene(rng, num_gaussians)
+  gaussians, background = random_scene(rng, num_gaussians, background)
   viewmats = np.linalg.inv(random_camera_path(rng, num_source_frames))
   intrinsics = np.broadcast_to(pinhole_intrinsics(width, height, fov_deg), (num_source_frames, 3, 3)).copy()
   frames = RenderedFrames(gaussians, viewmats, intrinsics, background)
@@ -141,8 +144,9 @@ class SyntheticDataset:
   """
 
   def __init__(self, spec: ClipSpec, *, num_scenes: int = 1000, seed: int = 0, num_source_frames: int = 40,
-               num_gaussians: int = 384, fov_deg: float = 60.0):
+               num_gaussians: int = 384, fov_deg: float = 60.0, background=None):
     self.spec = spec.validate()
+    self.background = None if background is None else tuple(float(v) for v in background)
     if num_scenes < 1:
       raise WonderlandError(f"SyntheticDataset: num_scenes must be >= 1, got {num_scenes}")
     if num_source_frames < spec.num_frames:
@@ -159,7 +163,7 @@ class SyntheticDataset:
       raise IndexError(f"synthetic scene {index} out of range [0, {self.num_scenes})")
     return synthetic_scene(self.seed, index, height=self.spec.height, width=self.spec.width,
                            num_source_frames=self.num_source_frames, num_gaussians=self.num_gaussians,
-                           fov_deg=self.fov_deg)
+                           fov_deg=self.fov_deg, background=self.background)
 
   def clip(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     clip = sample_clip(self.scene(int(index)), self.spec, rng)
