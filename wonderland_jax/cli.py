@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
   recon = commands.add_parser("reconstruct", help="a video and its cameras -> a 3D Gaussian scene (.ply) with a "
                                                   "trained LaLRM")
   recon.add_argument("--model", required=True, help="a trained LaLRM (<workdir>/model)")
-  recon.add_argument("--vae", default=None, help="the VAE it was trained with (default: <model>/../vae)")
+  recon.add_argument("--vae", default=None, help="the VAE it was trained with (default: <model>/../vae, else the "
+                                                 "training config's vae.checkpoint)")
   recon.add_argument("--video", required=True, help="a video file or a directory of frames (1 + 4k frames)")
   recon.add_argument("--cameras", required=True, help="pose file, one camera per frame: RealEstate10K .txt, "
                                                       "nerfstudio transforms.json or a COLMAP text model")

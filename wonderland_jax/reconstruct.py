@@ -66,8 +66,12 @@ def trained_normalization(lalrm_directory: str | os.PathLike) -> tuple[str, floa
 
 
 def default_vae_directory(lalrm_directory: str | os.PathLike) -> Path:
-  """Where a training run exported the VAE it used, beside the model (`<workdir>/vae`)."""
-  return Path(lalrm_directory).parent / "vae"
+  """The VAE the LaLRM in `lalrm_directory` was trained with: the one its run exported beside it
+  (`<workdir>/vae`, random tiny VAEs), else its config's `vae.checkpoint`."""
+  beside = Path(lalrm_directory).parent / "vae"
+  metadata = checkpoints.read_description(lalrm_directory)[2] or {}
+  configured = metadata.get("trained_with", {}).get("vae", {}).get("checkpoint")
+  return Path(configured) if configured and not beside.is_dir() else beside
 
 
 @nnx.jit(static_argnames=("height", "width"))

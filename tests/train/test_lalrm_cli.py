@@ -122,3 +122,18 @@ def test_errors_name_the_flag(tmp_path, capsys):
   assert "no_such_config: no such file" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["render", "--ply", "x.ply", "--config.train.steps=3"])
+
+
+def test_train_a_tiny_vae_and_use_it_for_the_lalrm(tmp_path):
+  vae_run = tmp_path / "vae"
+  assert cli.main(["train", "vae", "--config", "vae_tiny", "--workdir", str(vae_run), "--config.train.steps=2",
+                   "--config.train.batch_size=2", "--config.train.eval_every=2", "--config.data.num_eval_scenes=2",
+                   "--config.model.block_out_channels=(8, 8, 8, 8)"]) == 0
+  lines = [json.loads(line) for line in (vae_run / "metrics.jsonl").read_text().splitlines()]
+  assert {"mse", "kl", "psnr"} <= set(lines[0]) and any("eval/psnr" in line for line in lines)
+  lalrm_run = tmp_path / "lalrm"
+  assert cli.main(["train", "lalrm", "--config", "lalrm_tiny", "--workdir", str(lalrm_run), "--config.train.steps=2",
+                   *TINY, f"--config.vae.checkpoint={vae_run / 'model'}"]) == 0
+  assert not (lalrm_run / "vae").exists()  # the configured VAE is used, not exported again
+  from wonderland_jax.reconstruct import default_vae_directory
+  assert default_vae_directory(lalrm_run / "model") == vae_run / "model"
