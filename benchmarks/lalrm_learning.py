@@ -87,6 +87,8 @@ def main(argv=None) -> None:
   parser.add_argument("--lpips-heads", default=None, help="the lpips package's vgg.pth linear heads")
   args, overrides = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO, format="[bench] %(message)s", stream=sys.stderr, force=True)
+  for noisy in ("jax", "absl", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   config = load_config(args.config, overrides)
   lpips_model = None
   if args.lpips_backbone:

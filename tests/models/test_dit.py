@@ -17,7 +17,8 @@ from wonderland_jax import checkpoints
 from wonderland_jax.convert import ConversionError, cogvideox_transformer, convert, convert_state, open_source
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models import dit
-from wonderland_jax.models.dit import REMAT_POLICIES, CogVideoXTransformer, DiTConfig, timestep_embedding
+from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig, timestep_embedding
+from wonderland_jax.nn.remat import REMAT_POLICIES
 from wonderland_jax.nn.attention import dot_product_attention
 
 BASE = dict(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=12,

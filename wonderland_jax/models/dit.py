@@ -29,7 +29,7 @@ from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import dot_product_attention
-from wonderland_jax.nn.remat import ATTENTION, REMAT_POLICIES, rematerialized, remat_policy
+from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ class DiTConfig:
   patch_bias: bool = True
   dtype: str = "float32"  # compute dtype of the matmuls (params stay float32; norms and softmax in float32)
   attention: str = "xla"  # wonderland_jax.nn.attention implementation
-  remat: str = "none"  # rematerialisation policy per transformer block, a key of REMAT_POLICIES
+  remat: str = "none"  # rematerialisation policy per transformer block, a key of nn.remat.REMAT_POLICIES
 
   @classmethod
   def from_diffusers(cls, config: dict, **overrides) -> DiTConfig:

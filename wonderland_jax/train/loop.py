@@ -32,7 +32,6 @@ keep_checkpoints, eval_every, nonfinite, async_checkpoints}, optimizer.* (see `o
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -229,12 +228,14 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
   step = int(state.step)
   bar = StepProgress(total=total_steps, initial=step, desc=f"train {task.name}", log_every=int(config.train.log_every))
   skipped, last_metrics, status = 0, {}, "finished"
+  per_process_batch = int(config.train.batch_size) // jax.process_count()
   try:
     while step < total_steps:
       batch = next(iterator)
-      if _batch_size(batch) != int(config.train.batch_size):
-        raise WonderlandError(f"{task.name}: the data iterator gave a batch of {_batch_size(batch)}, the config "
-                              f"says --config.train.batch_size={config.train.batch_size}")
+      if _batch_size(batch) != per_process_batch:
+        raise WonderlandError(f"{task.name}: the data iterator gave a batch of {_batch_size(batch)}; "
+                              f"--config.train.batch_size={config.train.batch_size} over {jax.process_count()} "
+                              f"process(es) means {per_process_batch} per process")
       state, metrics = step_fn(state, frozen, rest, batch)
       step += 1
       metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
@@ -278,11 +279,3 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
     task.export(model, config, workdir / "model")
   return TrainResult(step=step, status=status, model=model, skipped_steps=skipped, last_metrics=last_metrics)
 
-
-def load_config_json(workdir: str | os.PathLike) -> dict:
-  """The config a run in `workdir` was started with."""
-  path = Path(workdir) / "config.json"
-  try:
-    return json.loads(path.read_text())
-  except FileNotFoundError:
-    raise WonderlandError(f"{path}: not found; is {workdir} a training workdir?") from None
