@@ -304,8 +304,15 @@ def main(argv: list[str] | None = None) -> int:
   if extra and not getattr(args, "accepts_overrides", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   args.overrides = extra
+  # absl (imported by orbax) calls logging.basicConfig() on its first log line, leaving a plain stderr handler
+  # on the root logger that would make ours a no-op; replace that one (and only plain ones: test capture and
+  # user handlers stay).
+  root = logging.getLogger()
+  for handler in list(root.handlers):
+    if type(handler) is logging.StreamHandler:
+      root.removeHandler(handler)
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                      format="[wonderland] %(message)s", stream=sys.stderr, force=True)
+                      format="[wonderland] %(message)s", stream=sys.stderr)
   for noisy in ("jax", "absl", "imageio", "imageio_ffmpeg"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:

@@ -6,6 +6,7 @@ command line as `--config.train.steps=100` (ml_collections' config_flags, parsed
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import ml_collections
@@ -30,6 +31,17 @@ def resolve_config_path(name_or_path: str) -> Path:
                                                                     else ""))
 
 
+def _one_line(error: Exception) -> str:
+  """The message of an absl / ml_collections error, whose KeyErrors arrive as nested reprs."""
+  text = str(error.args[0] if error.args else error)
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      break
+  return " ".join(text.split())
+
+
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
   """The config of `name_or_path` with `--config.a.b=value` overrides applied (types checked by
   ml_collections; an unknown key or a bad value is an error naming the flag)."""
@@ -43,6 +55,5 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
   try:
     flag_values(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as error:
-    message = error.args[0] if isinstance(error, KeyError) and error.args else error
-    raise WonderlandError(f"{path}: {' '.join(str(message).split())}") from None
+    raise WonderlandError(f"{path}: {_one_line(error)}") from None
   return flag_values.config
