@@ -44,6 +44,8 @@ class LaLRMTrainee(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs):
     self.lalrm = LaLRM(LaLRMConfig.from_dict(config.model.to_dict()), rngs=rngs)
+    if config.get("init_from"):
+      initialize_from(self.lalrm, config.init_from)
     self.vae = load_vae(config) if config.data.get("encode_frames", False) else None
     self.vgg = None
     if float(config.loss.perceptual_weight) > 0:
@@ -52,6 +54,25 @@ class LaLRMTrainee(nnx.Module):
         raise WonderlandError("--config.loss.perceptual_weight > 0 needs --config.loss.vgg_weights=<torchvision "
                               "VGG-19 state_dict (.pth or .safetensors)>")
       self.vgg = vgg.load_vgg(config.loss.vgg_weights, "vgg19")
+
+
+def initialize_from(lalrm: LaLRM, directory: str) -> None:
+  """Copies every param of the trained LaLRM in `directory` whose path and shape match (e.g. stage 1 -> stage 2,
+  where only the deconv changes shape); the others keep their fresh initialisation and are logged."""
+  source = nnx.to_pure_dict(nnx.state(checkpoints.load(directory), nnx.Param))
+  target = nnx.state(lalrm, nnx.Param)
+  flat_source = dict(jax.tree_util.tree_leaves_with_path(source))
+  copied, fresh = 0, []
+  for path, variable in jax.tree_util.tree_leaves_with_path(target, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+    value = flat_source.get(path)
+    if value is not None and value.shape == variable.shape:
+      variable.set_value(jnp.asarray(value, variable.dtype))
+      copied += 1
+    else:
+      fresh.append(jax.tree_util.keystr(path))
+  if not copied:
+    raise WonderlandError(f"--config.init_from={directory}: no parameter of that model matches this config")
+  logger.info("lalrm: %d tensors from %s, %d fresh (%s)", copied, directory, len(fresh), ", ".join(fresh) or "none")
 
 
 def load_vae(config: ml_collections.ConfigDict) -> CogVideoXVAE:
