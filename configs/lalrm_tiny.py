@@ -1,10 +1,15 @@
 """A tiny LaLRM that trains on 2 CPU cores in minutes, on the procedural synthetic dataset.
 
-    wonderland train lalrm --config configs/lalrm_tiny.py --workdir runs/lalrm_tiny
+    wonderland train vae --config configs/vae_tiny.py --workdir runs/vae_tiny            # ~11 min
+    wonderland train lalrm --config configs/lalrm_tiny.py --workdir runs/lalrm_tiny \
+        --config.vae.checkpoint=runs/vae_tiny/model                                      # ~10 min
+
+With that VAE the held-out novel views reach 18.1 dB PSNR, +5.2 dB over predicting the mean colour
+(docs/benchmarks.md). Without --config.vae.checkpoint the VAE has random fixed weights (no first command
+needed), whose latents carry the colours poorly: +2.3 dB.
 
 Scenes are random Gaussian blobs rendered by our own rasterizer (exact ground truth); clips of 9 frames at
-32x32 (3 latent frames of 4x4), 4 supervision views. The VAE is a tiny CogVideoX VAE with random but fixed
-weights (seed 0), encoding frames inside the step; the LaLRM learns to invert it and lift to 3D. One
+32x32 (3 latent frames of 4x4), 4 supervision views. The frozen VAE encodes the frames inside the step. One
 Gaussian per 2x2 pixels (gaussian_stride 4 with p = 1, the paper's high-resolution ratio).
 """
 
@@ -33,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.render = dict(capacity=0, tile_size=16, background=(0.0, 0.0, 0.0))
   config.loss = dict(perceptual_weight=0.0, vgg_weights="")
   config.lpips = dict(backbone_weights="", heads_weights="")
-  config.train = dict(steps=1500, batch_size=4, grad_accum=1, log_every=20, checkpoint_every=100,
+  config.train = dict(steps=1200, batch_size=4, grad_accum=1, log_every=20, checkpoint_every=100,
                       keep_checkpoints=3, eval_every=200, nonfinite="skip", async_checkpoints=True)
   config.optimizer = dict(learning_rate=2e-3, warmup_steps=50, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
                           clip_norm=1.0, final_lr_fraction=0.1, schedule="cosine")

