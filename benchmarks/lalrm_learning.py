@@ -20,38 +20,17 @@ import logging
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-import psutil
 from flax import nnx
 
+from memory import PeakMemory  # benchmarks/memory.py (scripts run from benchmarks/)
 from wonderland_jax.train.config import load_config
 from wonderland_jax.train.lalrm import LaLRMTrainee, eval_clips, evaluate_reconstruction, lalrm_task
 from wonderland_jax.train.loop import train
-
-
-class PeakMemory:
-  """Peak resident memory of this process while inside the block (sampled every 5 ms), bytes."""
-
-  def __enter__(self):
-    self.process = psutil.Process(os.getpid())
-    self.peak, self.running = self.process.memory_info().rss, True
-    self.thread = threading.Thread(target=self._sample, daemon=True)
-    self.thread.start()
-    return self
-
-  def _sample(self):
-    while self.running:
-      self.peak = max(self.peak, self.process.memory_info().rss)
-      time.sleep(0.005)
-
-  def __exit__(self, *exc):
-    self.running = False
-    self.thread.join()
 
 
 def learning_curve(workdir: Path) -> Path:
@@ -125,7 +104,7 @@ def main(argv=None) -> None:
   print(f"\nPSNR gain over the baseline: {gain:+.2f} dB (target >= +5 dB)")
   if rates:
     print(f"Training: {np.median(rates):.2f} steps/s (median of log intervals; {1 / np.median(rates):.2f} s/step), "
-          f"this call {elapsed:.0f} s, peak RSS {memory.peak / 2**30:.2f} GiB")
+          f"this call {elapsed:.0f} s, peak RSS {(memory.base + memory.peak) / 2**30:.2f} GiB")
   print(f"Learning curve: {curve}")
 
 

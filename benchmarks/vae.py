@@ -14,42 +14,18 @@ import argparse
 import os
 import platform
 import statistics
-import threading
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import psutil
 from flax import nnx
 
+from memory import PeakMemory  # benchmarks/memory.py (scripts run from benchmarks/)
 from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
 
 MID_SIZE = dict(block_out_channels=(64, 128, 128, 256), layers_per_block=2, norm_num_groups=32, latent_channels=16)
 FULL_5B = dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, norm_num_groups=32, latent_channels=16)
-
-
-class PeakMemory:
-  """Samples this process's RSS in a thread; `peak` is the maximum above the level at entry (bytes)."""
-
-  def __enter__(self):
-    self.process = psutil.Process(os.getpid())
-    self.base = self.process.memory_info().rss
-    self.peak = 0
-    self.running = True
-    self.thread = threading.Thread(target=self._sample, daemon=True)
-    self.thread.start()
-    return self
-
-  def _sample(self):
-    while self.running:
-      self.peak = max(self.peak, self.process.memory_info().rss - self.base)
-      time.sleep(0.002)
-
-  def __exit__(self, *exc):
-    self.running = False
-    self.thread.join()
-    self.peak = max(self.peak, self.process.memory_info().rss - self.base)
 
 
 def _measure(fn, repeats: int):

@@ -67,8 +67,7 @@ def scale_latents(mean: jax.Array, config) -> jax.Array:
   if config.shift_factor is not None:
     raise WonderlandError(f"VAE config has shift_factor={config.shift_factor}; the latent cache only supports "
                           "CogVideoX's scaling (no shift)")
-  factor = config.scaling_factor
-  return mean / factor if config.invert_scale_latents else mean * factor
+  return config.scale_latents(mean)
 
 
 def make_encoder(vae) -> Callable[[np.ndarray], np.ndarray]:

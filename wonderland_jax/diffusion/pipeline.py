@@ -87,8 +87,7 @@ class VideoPipeline:
     latents = sample_image_to_video(self.transformer, self.scheduler, image_latents, prompt_embeds, negative_embeds,
                                     num_latent_frames=num_latent_frames, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg, key=sample_key)
-    scaling = self.vae.config.scaling_factor
-    unscaled = latents * scaling if self.vae.config.invert_scale_latents else latents / scaling
+    unscaled = self.vae.config.unscale_latents(latents)
     frames = _decode(self.vae, unscaled)[0]
     return unscaled, np.clip((np.asarray(frames) + 1) / 2, 0, 1)
 

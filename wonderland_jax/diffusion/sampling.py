@@ -33,9 +33,7 @@ def encode_image(vae, image: jax.Array, noise: jax.Array) -> jax.Array:
   """The pipeline's image latents: image (B, H, W, 3) in [-1, 1] -> (B, 1, h, w, C) = posterior sample times
   the VAE's scaling factor (divided by it when `invert_scale_latents`). `noise` (B, 1, h, w, C) ~ N(0, 1)."""
   posterior = vae.encode(image[:, None])
-  latents = posterior.mean + posterior.std * noise
-  factor = vae.config.scaling_factor
-  return latents / factor if vae.config.invert_scale_latents else latents * factor
+  return vae.config.scale_latents(posterior.mean + posterior.std * noise)
 
 
 # The I2V pipeline's `ofs` for CogVideoX 1.5 I2V transformers (those with an ofs embedding).

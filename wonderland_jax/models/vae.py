@@ -85,6 +85,15 @@ class VAEConfig:
     if self.act_fn not in ("silu", "swish"):
       raise WonderlandError(f"VAE config: act_fn {self.act_fn!r} is not supported (silu)")
 
+  def scale_latents(self, latents):
+    """Posterior latents -> the diffusion model's latent space (times `scaling_factor`, divided when
+    `invert_scale_latents`): what the pipelines sample and the LaLRM reads."""
+    return latents / self.scaling_factor if self.invert_scale_latents else latents * self.scaling_factor
+
+  def unscale_latents(self, latents):
+    """The inverse of `scale_latents`: what `decode` takes."""
+    return latents * self.scaling_factor if self.invert_scale_latents else latents / self.scaling_factor
+
   @property
   def spatial_compression(self) -> int:
     return 2 ** (len(self.block_out_channels) - 1)

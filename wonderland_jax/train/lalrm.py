@@ -85,9 +85,7 @@ def load_vae(config: ml_collections.ConfigDict) -> CogVideoXVAE:
 
 def encode_frames(vae: CogVideoXVAE, frames: jax.Array) -> jax.Array:
   """frames (B, F, H, W, 3) in [0, 1] -> latents (B, t, h, w, C) = posterior mean x scaling factor."""
-  mean = vae.encode(frames * 2 - 1).mean
-  factor = vae.config.scaling_factor
-  return jax.lax.stop_gradient(mean / factor if vae.config.invert_scale_latents else mean * factor)
+  return jax.lax.stop_gradient(vae.config.scale_latents(vae.encode(frames * 2 - 1).mean))
 
 
 def _cameras(viewmats, intrinsics, height: int, width: int) -> Camera:
@@ -128,21 +126,27 @@ def render_targets(gaussians, target_viewmats, target_intrinsics, height: int, w
   return jax.vmap(one)(gaussians, target_viewmats, target_intrinsics)
 
 
+def render_batch(lalrm: LaLRM, vae, batch: dict, config: ml_collections.ConfigDict) -> jax.Array:
+  """A batch of clips -> the predicted scenes rendered at their supervision views (B, V, H, W, 3): latents from
+  the batch (latent cache) or encoded by the frozen `vae`, Gaussians, rasterizer."""
+  height, width = batch["target_images"].shape[2:4]
+  latents = batch.get("latents")
+  if latents is None:
+    if vae is None:
+      raise WonderlandError("the batch has frames, not latents: set --config.data.encode_frames=True (and a VAE) "
+                            "or train from a latent cache")
+    latents = encode_frames(vae, batch["frames"])
+  _, gaussians = predict(lalrm, latents, batch["viewmats"], batch["intrinsics"], height, width)
+  capacity = render_capacity(config, lalrm.config, batch["viewmats"].shape[1], height, width)
+  return render_targets(gaussians, batch["target_viewmats"], batch["target_intrinsics"], height, width,
+                        capacity=capacity, config=config)
+
+
 def lalrm_loss(model: LaLRMTrainee, batch: dict, key: jax.Array, *, config: ml_collections.ConfigDict):
   """(loss, metrics): MSE + perceptual_weight * VGG-19 perceptual over all supervision views."""
   del key
   targets = batch["target_images"]
-  height, width = targets.shape[2:4]
-  latents = batch.get("latents")
-  if latents is None:
-    if model.vae is None:
-      raise WonderlandError("the batch has frames, not latents: set --config.data.encode_frames=True (and a VAE) "
-                            "or train from a latent cache")
-    latents = encode_frames(model.vae, batch["frames"])
-  _, gaussians = predict(model.lalrm, latents, batch["viewmats"], batch["intrinsics"], height, width)
-  capacity = render_capacity(config, model.lalrm.config, batch["viewmats"].shape[1], height, width)
-  renders = render_targets(gaussians, batch["target_viewmats"], batch["target_intrinsics"], height, width,
-                           capacity=capacity, config=config)
+  renders = render_batch(model.lalrm, model.vae, batch, config)
   mse = jnp.mean((renders - targets) ** 2)
   metrics = {"mse": mse, "psnr": jnp.mean(image_metrics.psnr(renders, targets))}
   loss = mse
@@ -167,14 +171,7 @@ def eval_clips(config: ml_collections.ConfigDict) -> dict:
 
 @functools.partial(nnx.jit, static_argnames=("config_json",))
 def _eval_renders(lalrm, vae, batch, config_json):
-  config = ml_collections.ConfigDict(json.loads(config_json))
-  targets = batch["target_images"]
-  height, width = targets.shape[2:4]
-  latents = batch["latents"] if "latents" in batch else encode_frames(vae, batch["frames"])
-  _, gaussians = predict(lalrm, latents, batch["viewmats"], batch["intrinsics"], height, width)
-  capacity = render_capacity(config, lalrm.config, batch["viewmats"].shape[1], height, width)
-  return render_targets(gaussians, batch["target_viewmats"], batch["target_intrinsics"], height, width,
-                        capacity=capacity, config=config)
+  return render_batch(lalrm, vae, batch, ml_collections.ConfigDict(json.loads(config_json)))
 
 
 def evaluate_reconstruction(lalrm: LaLRM, vae, batch: dict, config: ml_collections.ConfigDict,

@@ -229,6 +229,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
   bar = StepProgress(total=total_steps, initial=step, desc=f"train {task.name}", log_every=int(config.train.log_every))
   skipped, last_metrics, status = 0, {}, "finished"
   per_process_batch = int(config.train.batch_size) // jax.process_count()
+  eval_every = int(config.train.get("eval_every", 0))
   try:
     while step < total_steps:
       batch = next(iterator)
@@ -254,7 +255,6 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
         last_metrics = dict(averager.compute(), learning_rate=float(schedule(step - 1)),
                             steps_per_second=bar.steps_per_second(step), skipped_steps=skipped)
         writer.scalars(step, last_metrics)
-      eval_every = int(config.train.get("eval_every", 0))
       if task.evaluate is not None and eval_every and (step % eval_every == 0 or step == total_steps):
         scalars, images = task.evaluate(nnx.merge(graphdef, state.params, frozen, rest), config)
         writer.scalars(step, {f"eval/{name}": value for name, value in scalars.items()})
