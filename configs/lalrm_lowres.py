@@ -9,7 +9,8 @@ Architecture (appendix D): latent patch 2, Plücker patch (4, 16, 16), 24 GS-LRM
 MLP ratio 4). Schedule: Adam (AdamW, weight decay 0.05), batch 24, 200K steps, cosine decay after warmup, bf16
 compute, MSE + 0.5 x VGG-19 perceptual on 24 seen + 24 unseen views. The resolutions, the peak learning rate,
 the betas and the perceptual weight are lost from our copy of the paper's text: 256x384 here (latents 32x48:
-divisible by the patch), GS-LRM's 4e-4, (0.9, 0.95) and 0.5. On GPUs add --config.model.attention=cudnn.
+divisible by the patch), GS-LRM's 4e-4, (0.9, 0.95) and 0.5. On GPUs add --config.model.attention=cudnn, on TPUs
+--config.model.attention=splash.
 """
 
 import ml_collections

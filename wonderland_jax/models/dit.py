@@ -29,6 +29,7 @@ from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import dot_product_attention
+from wonderland_jax.nn.partitioning import axes, param_init_context
 from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
 
 
@@ -189,13 +190,14 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------- layers
 
 
-def _linear(in_dim, out_dim, config: DiTConfig, rngs, use_bias=True):
-  return nnx.Linear(in_dim, out_dim, use_bias=use_bias, dtype=config.dtype, rngs=rngs)
+def _linear(in_dim, out_dim, config: DiTConfig, rngs, names: tuple, use_bias=True):
+  return nnx.Linear(in_dim, out_dim, use_bias=use_bias, dtype=config.dtype, kernel_metadata=axes(*names),
+                    bias_metadata=axes(names[-1]), rngs=rngs)
 
 
-def _layer_norm(dim, eps, affine, rngs):
+def _layer_norm(dim, eps, affine, rngs, name="embed"):
   return nnx.LayerNorm(dim, epsilon=eps, use_bias=affine, use_scale=affine, dtype=jnp.float32,
-                       use_fast_variance=False, rngs=rngs)
+                       use_fast_variance=False, scale_metadata=axes(name), bias_metadata=axes(name), rngs=rngs)
 
 
 def _norm(layer, x):
@@ -204,8 +206,8 @@ def _norm(layer, x):
 
 class TimestepEmbedding(nnx.Module):
   def __init__(self, in_dim: int, out_dim: int, config: DiTConfig, *, rngs: nnx.Rngs):
-    self.linear_1 = _linear(in_dim, out_dim, config, rngs)
-    self.linear_2 = _linear(out_dim, out_dim, config, rngs)
+    self.linear_1 = _linear(in_dim, out_dim, config, rngs, (None, None))
+    self.linear_2 = _linear(out_dim, out_dim, config, rngs, (None, None))
 
   def __call__(self, x):
     return self.linear_2(jax.nn.silu(self.linear_1(x)))
@@ -220,13 +222,15 @@ class PatchEmbed(nnx.Module):
     p, dim = config.patch_size, config.inner_dim
     if config.patch_size_t is None:
       self.proj = nnx.Conv(config.in_channels, dim, (p, p), strides=p, padding="VALID", use_bias=config.patch_bias,
-                           dtype=config.dtype, rngs=rngs)
+                           dtype=config.dtype, kernel_metadata=axes(None, None, None, "embed"),
+                           bias_metadata=axes("embed"), rngs=rngs)
     else:
-      self.proj = _linear(config.in_channels * p * p * config.patch_size_t, dim, config, rngs)
-    self.text_proj = _linear(config.text_embed_dim, dim, config, rngs)
+      self.proj = _linear(config.in_channels * p * p * config.patch_size_t, dim, config, rngs, (None, "embed"))
+    self.text_proj = _linear(config.text_embed_dim, dim, config, rngs, (None, "embed"))
     if config.use_learned_positional_embeddings:
       self.pos_embedding = nnx.Param(jnp.asarray(self._sincos(config.sample_height, config.sample_width,
-                                                              config.sample_frames))[None])
+                                                              config.sample_frames))[None],
+                                        **axes(None, None, "embed"))
 
   def _sincos(self, height, width, frames) -> np.ndarray:
     config = self.config
@@ -267,7 +271,7 @@ class LayerNormZero(nnx.Module):
   """CogVideoXLayerNormZero: one LayerNorm, separate shift / scale / gate for the video and text streams."""
 
   def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
-    self.linear = _linear(config.time_embed_dim, 6 * config.inner_dim, config, rngs)
+    self.linear = _linear(config.time_embed_dim, 6 * config.inner_dim, config, rngs, (None, "embed"))
     self.norm = _layer_norm(config.inner_dim, config.norm_eps, config.norm_elementwise_affine, rngs)
 
   def __call__(self, video, text, temb):
@@ -283,12 +287,12 @@ class Attention(nnx.Module):
   def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
     dim, head_dim = config.inner_dim, config.attention_head_dim
     self.heads, self.implementation = config.num_attention_heads, config.attention
-    self.to_q = _linear(dim, dim, config, rngs, config.attention_bias)
-    self.to_k = _linear(dim, dim, config, rngs, config.attention_bias)
-    self.to_v = _linear(dim, dim, config, rngs, config.attention_bias)
-    self.norm_q = _layer_norm(head_dim, 1e-6, True, rngs)
-    self.norm_k = _layer_norm(head_dim, 1e-6, True, rngs)
-    self.to_out = nnx.List([_linear(dim, dim, config, rngs)])
+    self.to_q = _linear(dim, dim, config, rngs, ("embed", "heads"), config.attention_bias)
+    self.to_k = _linear(dim, dim, config, rngs, ("embed", "heads"), config.attention_bias)
+    self.to_v = _linear(dim, dim, config, rngs, ("embed", "heads"), config.attention_bias)
+    self.norm_q = _layer_norm(head_dim, 1e-6, True, rngs, None)
+    self.norm_k = _layer_norm(head_dim, 1e-6, True, rngs, None)
+    self.to_out = nnx.List([_linear(dim, dim, config, rngs, ("heads", "embed"))])
 
   def __call__(self, video, text, rotary):
     text_length = text.shape[1]
@@ -308,7 +312,7 @@ class Attention(nnx.Module):
 
 class GELUProjection(nnx.Module):
   def __init__(self, dim: int, inner: int, config: DiTConfig, *, rngs: nnx.Rngs):
-    self.proj = _linear(dim, inner, config, rngs)
+    self.proj = _linear(dim, inner, config, rngs, ("embed", "mlp"))
 
   def __call__(self, x):
     return jax.nn.gelu(self.proj(x), approximate=True)
@@ -320,7 +324,7 @@ class FeedForward(nnx.Module):
   def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
     dim = config.inner_dim
     self.net = nnx.List([GELUProjection(dim, 4 * dim, config, rngs=rngs), nnx.Dropout(0.0),
-                         _linear(4 * dim, dim, config, rngs)])
+                         _linear(4 * dim, dim, config, rngs, ("mlp", "embed"))])
 
   def __call__(self, x):
     return self.net[2](self.net[0](x))
@@ -350,7 +354,7 @@ class AdaLayerNorm(nnx.Module):
   """The output norm: LayerNorm(x) * (1 + scale) + shift with (shift, scale) = linear(silu(temb))."""
 
   def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
-    self.linear = _linear(config.time_embed_dim, 2 * config.inner_dim, config, rngs)
+    self.linear = _linear(config.time_embed_dim, 2 * config.inner_dim, config, rngs, (None, "embed"))
     self.norm = _layer_norm(config.inner_dim, config.norm_eps, config.norm_elementwise_affine, rngs)
 
   def __call__(self, x, temb):
@@ -365,15 +369,16 @@ class CogVideoXTransformer(nnx.Module):
     config.validate()
     self.config = config
     dim = config.inner_dim
-    self.patch_embed = PatchEmbed(config, rngs=rngs)
-    self.time_embedding = TimestepEmbedding(dim, config.time_embed_dim, config, rngs=rngs)
-    self.ofs_embedding = (TimestepEmbedding(config.ofs_embed_dim, config.ofs_embed_dim, config, rngs=rngs)
-                          if config.ofs_embed_dim else None)
-    self.transformer_blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-    self.norm_final = _layer_norm(dim, config.norm_eps, config.norm_elementwise_affine, rngs)
-    self.norm_out = AdaLayerNorm(config, rngs=rngs)
-    patch_volume = config.patch_size ** 2 * (config.patch_size_t or 1)
-    self.proj_out = _linear(dim, patch_volume * config.output_channels, config, rngs)
+    with param_init_context():
+      self.patch_embed = PatchEmbed(config, rngs=rngs)
+      self.time_embedding = TimestepEmbedding(dim, config.time_embed_dim, config, rngs=rngs)
+      self.ofs_embedding = (TimestepEmbedding(config.ofs_embed_dim, config.ofs_embed_dim, config, rngs=rngs)
+                            if config.ofs_embed_dim else None)
+      self.transformer_blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+      self.norm_final = _layer_norm(dim, config.norm_eps, config.norm_elementwise_affine, rngs)
+      self.norm_out = AdaLayerNorm(config, rngs=rngs)
+      patch_volume = config.patch_size ** 2 * (config.patch_size_t or 1)
+      self.proj_out = _linear(dim, patch_volume * config.output_channels, config, rngs, ("embed", None))
 
   def rotary(self, frames: int, height: int, width: int):
     """The (cos, sin) tables for latents of (frames, height, width), or None without rotary embeddings."""

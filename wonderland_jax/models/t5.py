@@ -36,6 +36,7 @@ from flax import nnx
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
+from wonderland_jax.nn.partitioning import axes, param_init_context
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +171,9 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool 
 # --------------------------------------------------------------------------------------------- modules
 
 
-def _linear(in_features: int, out_features: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(in_features, out_features, use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+def _linear(in_features: int, out_features: int, dtype, rngs: nnx.Rngs, names: tuple) -> nnx.Linear:
+  return nnx.Linear(in_features, out_features, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_metadata=axes(*names), rngs=rngs)
 
 
 class T5LayerNorm(nnx.Module):
@@ -179,7 +181,7 @@ class T5LayerNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
     del rngs
-    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), **axes("embed"))
     self.eps = eps
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -198,12 +200,13 @@ class T5Attention(nnx.Module):
     self.num_heads, self.d_kv = config.num_heads, config.d_kv
     self.num_buckets = config.relative_attention_num_buckets
     self.max_distance = config.relative_attention_max_distance
-    self.q = _linear(config.d_model, inner, dtype, rngs)
-    self.k = _linear(config.d_model, inner, dtype, rngs)
-    self.v = _linear(config.d_model, inner, dtype, rngs)
-    self.o = _linear(inner, config.d_model, dtype, rngs)
-    self.relative_attention_bias = (nnx.Embed(self.num_buckets, config.num_heads, param_dtype=jnp.float32,
-                                              rngs=rngs) if has_relative_attention_bias else None)
+    self.q = _linear(config.d_model, inner, dtype, rngs, ("embed", "heads"))
+    self.k = _linear(config.d_model, inner, dtype, rngs, ("embed", "heads"))
+    self.v = _linear(config.d_model, inner, dtype, rngs, ("embed", "heads"))
+    self.o = _linear(inner, config.d_model, dtype, rngs, ("heads", "embed"))
+    self.relative_attention_bias = (nnx.Embed(
+        self.num_buckets, config.num_heads, param_dtype=jnp.float32, embedding_metadata=axes(None, "heads"),
+        rngs=rngs) if has_relative_attention_bias else None)
 
   def compute_bias(self, query_length: int, key_length: int) -> jax.Array:
     """The relative position bias (1, num_heads, query_length, key_length), float32."""
@@ -240,9 +243,9 @@ class T5DenseGatedActDense(nnx.Module):
   """act(x @ wi_0) * (x @ wi_1) @ wo."""
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-    self.wi_0 = _linear(config.d_model, config.d_ff, config.compute_dtype, rngs)
-    self.wi_1 = _linear(config.d_model, config.d_ff, config.compute_dtype, rngs)
-    self.wo = _linear(config.d_ff, config.d_model, jnp.float32, rngs)
+    self.wi_0 = _linear(config.d_model, config.d_ff, config.compute_dtype, rngs, ("embed", "mlp"))
+    self.wi_1 = _linear(config.d_model, config.d_ff, config.compute_dtype, rngs, ("embed", "mlp"))
+    self.wo = _linear(config.d_ff, config.d_model, jnp.float32, rngs, ("mlp", "embed"))
     self.act = ACTIVATIONS[config.activation]
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -253,8 +256,8 @@ class T5DenseActDense(nnx.Module):
   """act(x @ wi) @ wo."""
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-    self.wi = _linear(config.d_model, config.d_ff, config.compute_dtype, rngs)
-    self.wo = _linear(config.d_ff, config.d_model, jnp.float32, rngs)
+    self.wi = _linear(config.d_model, config.d_ff, config.compute_dtype, rngs, ("embed", "mlp"))
+    self.wo = _linear(config.d_ff, config.d_model, jnp.float32, rngs, ("mlp", "embed"))
     self.act = ACTIVATIONS[config.activation]
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -310,8 +313,10 @@ class T5Encoder(nnx.Module):
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.config = config
-    self.shared = nnx.Embed(config.vocab_size, config.d_model, param_dtype=jnp.float32, rngs=rngs)
-    self.encoder = T5Stack(config, rngs=rngs)
+    with param_init_context():
+      self.shared = nnx.Embed(config.vocab_size, config.d_model, param_dtype=jnp.float32,
+                              embedding_metadata=axes("vocab", "embed"), rngs=rngs)
+      self.encoder = T5Stack(config, rngs=rngs)
 
   def __call__(self, input_ids: Any, attention_mask: Any | None = None) -> jax.Array:
     """input_ids (B, L) int; attention_mask (B, L) 1 = token, 0 = padding, or None (attend everywhere, as the

@@ -19,7 +19,6 @@ frames. `tiled=True` adds diffusers' spatial tiling with overlap blending.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
