@@ -46,7 +46,8 @@ PARAMS_DIR = "params"
 KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae",
                                "cogvideox_transformer": "wonderland_jax.models.dit",
                                "t5_encoder": "wonderland_jax.models.t5",
-                               "lalrm": "wonderland_jax.models.lalrm"}
+                               "lalrm": "wonderland_jax.models.lalrm",
+                               "camera_dit": "wonderland_jax.models.camera_dit"}
 ModelBuilder = Callable[[dict, nnx.Rngs], nnx.Module]
 LogicalRules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
 

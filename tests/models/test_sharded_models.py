@@ -1,4 +1,4 @@
-"""Every param of the CogVideoX transformer, the T5 encoder and the LaLRM carries one logical axis name per
+"""Every param of the CogVideoX transformer (alone and with camera branches), the T5 encoder and the LaLRM carries one logical axis name per
 dimension, and a checkpoint of each loads onto an 8-device mesh by logical rules (FSDP + tensor) with the same
 forward as on one device."""
 
@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from wonderland_jax import checkpoints
+from wonderland_jax.models import camera_dit
 from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig
 from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.models.t5 import T5Config, T5Encoder
@@ -42,7 +43,18 @@ def _lalrm():
   return LaLRM(config, rngs=nnx.Rngs(0)), "lalrm", config.to_dict(), inputs
 
 
-MODELS = {"dit": _dit, "t5": _t5, "lalrm": _lalrm}
+def _camera_dit():
+  base, _, _, inputs = _dit()
+  model = camera_dit.CameraDiT(base, camera_dit.CameraConfig(controlnet_layers=1, lora_rank=4, encoder_channels=8,
+                                                             lora_targets=("attn", "ff")), rngs=nnx.Rngs(1))
+  # Non-zero branch params, so the sharded branches are exercised.
+  state = nnx.state(model, camera_dit.BRANCH)
+  nnx.update(model, jax.tree.map(lambda x: x + 0.05 * jnp.cos(jnp.arange(x.size).reshape(x.shape)), state))
+  plucker = np.random.default_rng(1).normal(size=(2, 9, 48, 64, 6)).astype(np.float32)
+  return model, "camera_dit", camera_dit.model_config(model), inputs + (plucker,)
+
+
+MODELS = {"dit": _dit, "t5": _t5, "lalrm": _lalrm, "camera_dit": _camera_dit}
 
 
 def _logical_names(variable):

@@ -95,7 +95,8 @@ class DiTConfig:
     return self.out_channels or self.in_channels
 
 
-def _run_block(block, video, text, temb, rotary):
+def run_block(block, video, text, temb, rotary):
+  """One transformer block (a function, so `nn.remat.rematerialized` can wrap it)."""
   return block(video, text, temb, rotary)
 
 
@@ -190,9 +191,26 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------- layers
 
 
+class Linear(nnx.Linear):
+  """nnx.Linear with an optional low-rank adapter: y = x W + b + lora_scale * (x A) B when `lora` is set
+  (`models/camera_dit.py` attaches camera-LoRA adapters to the frozen blocks this way; the base's param paths
+  stay those of the checkpoints)."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.lora: nnx.LoRA | None = nnx.data(None)
+    self.lora_scale = 1.0
+
+  def __call__(self, x):
+    y = super().__call__(x)
+    if self.lora is None:
+      return y
+    return y + (self.lora(x) * self.lora_scale).astype(y.dtype)
+
+
 def _linear(in_dim, out_dim, config: DiTConfig, rngs, names: tuple, use_bias=True):
-  return nnx.Linear(in_dim, out_dim, use_bias=use_bias, dtype=config.dtype, kernel_metadata=axes(*names),
-                    bias_metadata=axes(names[-1]), rngs=rngs)
+  return Linear(in_dim, out_dim, use_bias=use_bias, dtype=config.dtype, kernel_metadata=axes(*names),
+                bias_metadata=axes(names[-1]), rngs=rngs)
 
 
 def _layer_norm(dim, eps, affine, rngs, name="embed"):
@@ -395,6 +413,15 @@ class CogVideoXTransformer(nnx.Module):
                ofs: jax.Array | None = None) -> jax.Array:
     """latents (B, t, h, w, in_channels), text_embeddings (B, L, text_embed_dim), timestep (B,) -> (B, t, h, w,
     out_channels): the model's prediction (v for CogVideoX)."""
+    video, text, emb, rotary = self.embed(latents, text_embeddings, timestep, ofs)
+    run = rematerialized(run_block, self.config.remat)
+    for block in self.transformer_blocks:
+      video, text = run(block, video, text, emb, rotary)
+    return self.unpatchify(video, emb, latents.shape)
+
+  def embed(self, latents: jax.Array, text_embeddings: jax.Array, timestep: jax.Array, ofs: jax.Array | None = None):
+    """The blocks' inputs: (video tokens (B, S, D), text tokens (B, L, D), time embedding (B, time_embed_dim),
+    rotary tables or None). `__call__` = embed, the blocks, `unpatchify`."""
     config = self.config
     batch, frames, height, width, channels = latents.shape
     if channels != config.in_channels:
@@ -415,10 +442,12 @@ class CogVideoXTransformer(nnx.Module):
     hidden = self.patch_embed(text_embeddings.astype(dtype), latents.astype(dtype))
     text_length = text_embeddings.shape[1]
     text, video = hidden[:, :text_length], hidden[:, text_length:]
-    rotary = self.rotary(frames, height, width)
-    run_block = rematerialized(_run_block, config.remat)
-    for block in self.transformer_blocks:
-      video, text = run_block(block, video, text, emb, rotary)
+    return video, text, emb, self.rotary(frames, height, width)
+
+  def unpatchify(self, video: jax.Array, emb: jax.Array, latents_shape: tuple) -> jax.Array:
+    """The blocks' video tokens -> the prediction (B, t, h, w, out_channels) float32 for latents of that shape."""
+    config = self.config
+    batch, frames, height, width, _ = latents_shape
     video = self.proj_out(self.norm_out(_norm(self.norm_final, video), emb))
     p, p_t, c = config.patch_size, config.patch_size_t or 1, config.output_channels
     out = video.reshape(batch, frames // p_t, height // p, width // p, c, p_t, p, p)
