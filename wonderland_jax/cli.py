@@ -135,11 +135,12 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
   from wonderland_jax.train.config import load_config  # noqa: PLC0415 (keeps `wonderland render` light)
+  from wonderland_jax.train.camera_dit import camera_dit_task  # noqa: PLC0415
   from wonderland_jax.train.lalrm import lalrm_task  # noqa: PLC0415
   from wonderland_jax.train.loop import train  # noqa: PLC0415
   from wonderland_jax.train.vae import vae_task  # noqa: PLC0415
   config = load_config(args.config, args.overrides)
-  task = {"lalrm": lalrm_task, "vae": vae_task}[args.model](config)
+  task = {"lalrm": lalrm_task, "vae": vae_task, "camera-dit": camera_dit_task}[args.model](config)
   result = train(task, config, args.workdir)
   if result.status == "preempted":
     logger.info("stopped at step %d; run the same command again to resume", result.step)
@@ -258,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
   training = commands.add_parser(
       "train", help="train a model with a config file; reruns on the same --workdir resume from its last "
                     "checkpoint; extra --config.a.b=value flags override the config")
-  training.add_argument("model", choices=["lalrm", "vae"],
-                        help="lalrm: the reconstruction model; vae: a small CogVideoX VAE for the tiny configs")
+  training.add_argument("model", choices=["lalrm", "vae", "camera-dit"],
+                        help="lalrm: the reconstruction model; vae: a small CogVideoX VAE for the tiny configs; "
+                             "camera-dit: the camera branches of the video transformer (configs/camera_dit_*.py)")
   training.add_argument("--config", required=True,
                         help="a config file (configs/lalrm_tiny.py) or the name of one in configs/")
   training.add_argument("--workdir", required=True,

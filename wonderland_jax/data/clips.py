@@ -82,9 +82,8 @@ class ClipSpec:
     if not 0 <= self.num_target_seen <= self.num_frames:
       raise WonderlandError(f"clip spec: num_target_seen must be in [0, num_frames={self.num_frames}], got "
                             f"{self.num_target_seen}")
-    if self.num_target_unseen < 0 or self.num_targets < 1:
-      raise WonderlandError(f"clip spec: need num_target_unseen >= 0 and at least one target, got "
-                            f"{self.num_target_seen} seen + {self.num_target_unseen} unseen")
+    if self.num_target_unseen < 0:
+      raise WonderlandError(f"clip spec: num_target_unseen must be >= 0, got {self.num_target_unseen}")
     if self.stride is not None:
       low, high = _stride_range(self.stride)
       if low < 1 or high < low:

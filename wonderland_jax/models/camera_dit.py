@@ -130,6 +130,12 @@ class CameraEncoder(nnx.Module):
     return self.proj(x.reshape(batch, -1, p_t * p * p * c))
 
 
+def _copy(module: nnx.Module) -> nnx.Module:
+  copy = nnx.clone(module)
+  nnx.update(copy, jax.tree.map(lambda x: jnp.array(x, copy=True), nnx.state(copy, nnx.Param)))
+  return copy
+
+
 def _identity_then_zeros(key, shape, dtype=jnp.float32):
   """A (2D, D) kernel [I; 0]: concat(video, camera) @ kernel = video."""
   del key
@@ -161,9 +167,9 @@ class CameraDiT(nnx.Module):
     with param_init_context():
       if camera.controlnet:
         self.control_encoder = CameraEncoder(config, camera, rngs=rngs)
-        # Copies of the base blocks as they are (before adapters are attached to the base).
-        self.control_blocks = nnx.List([nnx.clone(base.transformer_blocks[i])
-                                        for i in range(camera.controlnet_layers)])
+        # Copies of the base blocks as they are (before adapters are attached to the base), in buffers of
+        # their own: trained (and donated) while the base's stay frozen.
+        self.control_blocks = nnx.List([_copy(base.transformer_blocks[i]) for i in range(camera.controlnet_layers)])
         self.control_out = nnx.List([
             Linear(dim, dim, dtype=config.dtype, kernel_init=nnx.initializers.zeros_init(),
                    kernel_metadata=axes("embed", "heads"), bias_metadata=axes("heads"), rngs=rngs)

@@ -1,0 +1,46 @@
+"""The paper's camera-guided video generator: CogVideoX-5B-I2V with both camera branches (Sec. 3.1, App. D).
+
+    wonderland convert cogvideox --src /models/CogVideoX-5b-I2V --out checkpoints/cogvideox-5b-i2v
+    wonderland train camera-dit --config configs/camera_dit_5b.py --workdir runs/camera_dit_5b \
+        --config.data.format=realestate10k --config.data.root=/data/re10k/train
+
+ControlNet branch: trainable copies of the first 21 of the 42 base blocks; LoRA branch: rank 256 on the
+attention projections of every main block. The base is frozen and stored in bfloat16, compute in bfloat16,
+each block rematerialised. Clips of 49 frames at 480x720 (13 x 60 x 90 latents) with each dataset's stride
+(`wonderland_jax.data.clips.DEFAULT_STRIDES`; mix RE10K / ACID / DL3DV by running with each --config.data.format
+or one COLMAP-style root). Adam, batch 24, 40K steps. The learning rate, betas and weight decay are lost from our
+copy of the paper's text: 1e-4, (0.9, 0.999) and 1e-2 here (CameraCtrl's and the CogVideoX LoRA recipe's
+values). Text: the prompt `text.prompt` for every clip (the datasets have no captions), embedded once by the
+pipeline's T5 and cached in `text.embeddings`. On GPUs add --config.base.attention=cudnn, on TPUs
+--config.base.attention=splash. `wonderland plan` gives the per-device memory of this step on a mesh.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from wonderland_jax.train.camera_dit import COGVIDEOX_I2V_SCHEDULER
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.base = dict(pipeline="checkpoints/cogvideox-5b-i2v", seed=0, param_dtype="bfloat16", dtype="bfloat16",
+                     attention="xla", remat="full", random_config=dict())
+  config.camera = dict(branches="dual", controlnet_layers=21, lora_rank=256, lora_alpha=placeholder(float),
+                       lora_targets=("attn",), encoder_channels=128, spatial_compression=8)
+  config.vae = dict(checkpoint="", seed=0, random_config=dict())  # the pipeline's VAE
+  config.text = dict(embeddings="checkpoints/cogvideox-5b-i2v/text_embeddings.npz",
+                     prompt="a static scene, the camera moves smoothly", dropout=0.1)
+  config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)  # unused: the pipeline's scheduler_config.json is read
+  config.objective = dict(image_noise_mean=-3.0, image_noise_std=0.5)
+  config.data = dict(source="scenes", num_frames=49, height=480, width=720, num_target_seen=0, num_target_unseen=0,
+                     num_train_scenes=1000, num_eval_scenes=16, eval_seed=1, shuffle_seed=0, worker_threads=8,
+                     on_error="skip", format=placeholder(str), root=placeholder(str), eval_root=placeholder(str),
+                     images_dir=placeholder(str), stride=placeholder(tuple), scale_mode="max_distance",
+                     scale_target=1.0)
+  # eval_every > 0 needs --config.data.eval_root (held-out scenes).
+  config.train = dict(steps=40_000, batch_size=24, grad_accum=1, log_every=50, checkpoint_every=1000,
+                      keep_checkpoints=3, eval_every=0, nonfinite="skip", async_checkpoints=True)
+  config.optimizer = dict(learning_rate=1e-4, warmup_steps=500, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
+                          clip_norm=1.0, final_lr_fraction=1.0, schedule="cosine")
+  return config
