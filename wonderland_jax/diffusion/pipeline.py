@@ -72,8 +72,9 @@ class VideoPipeline:
 
   def generate(self, image: np.ndarray, prompt: str, *, negative_prompt: str = "", num_frames: int = 49,
                num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
-               key: jax.Array) -> tuple[jax.Array, np.ndarray]:
-    """image (H, W, 3) in [0, 1] at the video size -> (latents, frames in [0, 1])."""
+               key: jax.Array, plucker: jax.Array | None = None) -> tuple[jax.Array, np.ndarray]:
+    """image (H, W, 3) in [0, 1] at the video size -> (latents, frames in [0, 1]). plucker: the camera
+    condition of a camera-guided transformer (see `sample_image_to_video`; `CameraVideoPipeline` makes it)."""
     height, width = image.shape[:2]
     num_latent_frames = self.check(num_frames, height, width)
     max_length = self.transformer.config.max_text_seq_length
@@ -86,7 +87,8 @@ class VideoPipeline:
                                  jax.random.normal(image_key, noise_shape))
     latents = sample_image_to_video(self.transformer, self.scheduler, image_latents, prompt_embeds, negative_embeds,
                                     num_latent_frames=num_latent_frames, num_inference_steps=num_inference_steps,
-                                    guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg, key=sample_key)
+                                    guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg, key=sample_key,
+                                    plucker=plucker)
     unscaled = self.vae.config.unscale_latents(latents)
     frames = _decode(self.vae, unscaled)[0]
     return unscaled, np.clip((np.asarray(frames) + 1) / 2, 0, 1)

@@ -12,6 +12,10 @@ guided batch is [negative; positive]; DPM steps draw fresh noise every step.
 CogVideoX 1.5 (`patch_size_t`) as the pipeline runs it: the latent frames are padded to a whole number of
 temporal patches by `additional_frames` more frames (the image latents stay in frame 0), the I2V model gets
 `ofs` = 2.0, and the first `additional_frames` denoised frames are dropped (see `padded_latent_frames`).
+
+Camera control (`models.camera_dit.CameraDiT`): pass `plucker` (B, 1 + 4 (F - 1), 8h, 8w, 6), the Plücker rays
+of the frames actually sampled; the transformer gets them as its 4th argument, in both halves of the guided
+batch (the camera is a condition of the video, not of the prompt, so only the text differs between the halves).
 """
 
 from __future__ import annotations
@@ -84,14 +88,27 @@ def _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_emb
                           f"{prompt_embeds.shape}")
 
 
+def _check_plucker(transformer, latents_shape: tuple, plucker: jax.Array) -> None:
+  """The camera transformer's own check (`CameraDiT.check_plucker`) when it has one, else the layout alone:
+  (B, F, H, W, 6) with the latents' batch size."""
+  if hasattr(transformer, "check_plucker"):
+    transformer.check_plucker(latents_shape, plucker.shape)
+  elif plucker.ndim != 5 or plucker.shape[-1] != 6 or plucker.shape[0] != latents_shape[0]:
+    raise WonderlandError(f"plucker rays must be (B={latents_shape[0]}, F, H, W, 6) for latents "
+                          f"{tuple(latents_shape)}, got {tuple(plucker.shape)}")
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "guided", "num_inference_steps"))
-def _denoise_step(graphdef, params, tables, latents, state, condition, context, timestep, scale, noise, ofs, *,
-                  guided: bool, num_inference_steps: int):
-  """One guided model evaluation and scheduler update; compiled once per model and shapes, not per call."""
+def _denoise_step(graphdef, params, tables, latents, state, condition, context, timestep, scale, noise, ofs,
+                  plucker=None, *, guided: bool, num_inference_steps: int):
+  """One guided model evaluation and scheduler update; compiled once per model and shapes, not per call.
+  `plucker` (None: no camera argument) is already the guided batch's, like `condition` and `context`."""
   model = nnx.merge(graphdef, params)
   model_input = jnp.concatenate([latents, latents], 0) if guided else latents
   model_input = jnp.concatenate([model_input, condition.astype(model_input.dtype)], -1)
-  prediction = model(model_input, context, jnp.full((model_input.shape[0],), timestep), ofs=ofs).astype(jnp.float32)
+  timestep_batch = jnp.full((model_input.shape[0],), timestep)
+  cameras = () if plucker is None else (plucker,)
+  prediction = model(model_input, context, timestep_batch, *cameras, ofs=ofs).astype(jnp.float32)
   if guided:
     uncond, cond = jnp.split(prediction, 2, axis=0)
     prediction = uncond + scale * (cond - uncond)
@@ -102,7 +119,7 @@ def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_
                           prompt_embeds: jax.Array, negative_prompt_embeds: jax.Array | None = None, *,
                           num_latent_frames: int = 13, num_inference_steps: int = 50, guidance_scale: float = 6.0,
                           use_dynamic_cfg: bool = False, key: jax.Array, latents: jax.Array | None = None,
-                          step_noise=None) -> jax.Array:
+                          step_noise=None, plucker: jax.Array | None = None) -> jax.Array:
   """Denoises video latents (B, num_latent_frames, h, w, C) conditioned on the first frame's latents.
 
   image_latents: (B, 1, h, w, C), already scaled (`encode_image`). prompt_embeds / negative_prompt_embeds:
@@ -110,7 +127,9 @@ def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_
   pipeline). latents: the initial noise (default drawn from `key`), (B, F, h, w, C) with F the frames actually
   sampled: num_latent_frames, or for CogVideoX 1.5 `padded_latent_frames(num_latent_frames, patch_size_t)[0]`
   (the pipeline's latent shape). step_noise: optional callable step_index -> noise of that shape for the DPM
-  scheduler (default drawn from `key`); tests use it to replay diffusers' draws.
+  scheduler (default drawn from `key`); tests use it to replay diffusers' draws. plucker: the camera condition
+  of a camera-guided transformer (`CameraDiT`), (B, 1 + 4 (F - 1), 8h, 8w, 6) float with F the frames actually
+  sampled, as for `latents`; None for a plain transformer.
   """
   _check_shapes(transformer, image_latents, prompt_embeds, negative_prompt_embeds, num_latent_frames)
   config = transformer.config
@@ -125,12 +144,16 @@ def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_
                           + (f" ({additional} padding frame(s) for patch_size_t={config.patch_size_t})"
                              if additional else "") + f"; got {tuple(latents.shape)}")
   condition = _condition(image_latents, num_latent_frames, config.patch_size_t)
+  if plucker is not None:
+    plucker = jnp.asarray(plucker, jnp.float32)
+    _check_plucker(transformer, shape, plucker)
   ofs = jnp.full((1,), OFS, jnp.float32) if config.ofs_embed_dim else None
   guided = uses_guidance(guidance_scale)
   if guided:
     negative = jnp.zeros_like(prompt_embeds) if negative_prompt_embeds is None else negative_prompt_embeds
     context = jnp.concatenate([negative, prompt_embeds], 0)
     condition = jnp.concatenate([condition, condition], 0)
+    plucker = None if plucker is None else jnp.concatenate([plucker, plucker], 0)
   else:
     context = prompt_embeds
   schedule = timesteps(scheduler_config, num_inference_steps)
@@ -146,6 +169,6 @@ def sample_image_to_video(transformer, scheduler_config: SchedulerConfig, image_
       noise = (step_noise(index) if step_noise is not None
                else jax.random.normal(jax.random.fold_in(noise_key, index), latents.shape, jnp.float32))
     latents, state = _denoise_step(graphdef, params, tables, latents, state, condition, context,
-                                   jnp.int32(schedule[index]), np.float32(scales[index]), noise, ofs, guided=guided,
-                                   num_inference_steps=num_inference_steps)
+                                   jnp.int32(schedule[index]), np.float32(scales[index]), noise, ofs, plucker,
+                                   guided=guided, num_inference_steps=num_inference_steps)
   return latents[:, additional:]
