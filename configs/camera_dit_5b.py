@@ -24,11 +24,22 @@ from wonderland_jax.train.camera_dit import COGVIDEOX_I2V_SCHEDULER
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # random_config: CogVideoX-5B-I2V's transformer config.json, used when --config.base.pipeline="" (timing with
+  # random weights) and by `wonderland plan`.
   config.base = dict(pipeline="checkpoints/cogvideox-5b-i2v", seed=0, param_dtype="bfloat16", dtype="bfloat16",
-                     attention="xla", remat="full", random_config=dict())
+                     attention="xla", remat="full", random_config=dict(
+                         num_attention_heads=48, attention_head_dim=64, in_channels=32, out_channels=16,
+                         flip_sin_to_cos=True, freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=42,
+                         attention_bias=True, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
+                         temporal_compression_ratio=4, max_text_seq_length=226, norm_eps=1e-5,
+                         spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0,
+                         use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True))
   config.camera = dict(branches="dual", controlnet_layers=21, lora_rank=256, lora_alpha=placeholder(float),
                        lora_targets=("attn",), encoder_channels=128, spatial_compression=8)
-  config.vae = dict(checkpoint="", seed=0, random_config=dict())  # the pipeline's VAE
+  # The pipeline's VAE; random_config: CogVideoX-5B-I2V's VAE config.json (as for the base).
+  config.vae = dict(checkpoint="", seed=0, random_config=dict(
+      block_out_channels=(128, 256, 256, 512), latent_channels=16, layers_per_block=3, norm_num_groups=32,
+      temporal_compression_ratio=4, sample_height=480, sample_width=720, scaling_factor=0.7))
   config.text = dict(embeddings="checkpoints/cogvideox-5b-i2v/text_embeddings.npz",
                      prompt="a static scene, the camera moves smoothly", dropout=0.1)
   config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)  # unused: the pipeline's scheduler_config.json is read

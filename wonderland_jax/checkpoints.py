@@ -315,7 +315,10 @@ def _logical_names(leaf: nnx.Variable) -> tuple | None:
   return None
 
 
-def _target_sharding(path: tuple, leaf: nnx.Variable, shape: tuple, mesh, rules) -> jax.sharding.Sharding:
+def param_sharding(path: tuple, leaf: nnx.Variable, shape: tuple, mesh, rules) -> jax.sharding.Sharding:
+  """Where the param `leaf` (at `path`, of `shape`) goes: by its logical axis names and `rules` on `mesh`
+  (replicated without names or rules; the default device without a mesh). Raises `WonderlandError` when a
+  dimension does not divide over its mesh axes."""
   if mesh is None:
     return _default_sharding()
   names = _logical_names(leaf)
@@ -368,7 +371,7 @@ def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
                         _listed("shape mismatch(es)", wrong)) if part))
   target = _unflatten({
     p: jax.ShapeDtypeStruct(tuple(stored[p].shape), stored[p].dtype,
-                            sharding=_target_sharding(p, leaf, tuple(stored[p].shape), mesh, rules))
+                            sharding=param_sharding(p, leaf, tuple(stored[p].shape), mesh, rules))
     for p, leaf in leaves.items()})
   restored = _flat_pure(_restore(directory, target))
   params = nnx.from_flat_state([(p, leaf.replace(restored[p])) for p, leaf in leaves.items()])

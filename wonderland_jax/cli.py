@@ -3,6 +3,8 @@
   wonderland render --ply scene.ply --trajectory orbit --frames 60 --size 512x512 --out orbit.mp4
   wonderland demo --out demo_out
   wonderland convert vae --src CogVideoX-5b --out checkpoints/vae --dtype bfloat16
+  wonderland generate-video --model checkpoints/cogvideox-5b-i2v --branch runs/camera_dit/model --image in.png \
+      --trajectory orbit --out video.mp4
 
 Errors a user can fix (bad flags, missing or malformed files) print one line and exit with status 2.
 """
@@ -10,6 +12,7 @@ Errors a user can fix (bad flags, missing or malformed files) print one line and
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -29,6 +32,8 @@ from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 
 logger = logging.getLogger("wonderland_jax")
+
+DEFAULT_VIDEO_FRAMES = 49  # CogVideoX-5B-I2V's: 13 latent frames
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -100,23 +105,62 @@ def _render(args: argparse.Namespace) -> None:
     logger.info("wrote %d frames to %s", len(frames), args.png_dir)
 
 
-def _sample(args: argparse.Namespace) -> None:
-  out = Path(args.out)
-  if out.suffix.lower() not in VIDEO_EXTENSIONS:
-    raise WonderlandError(f"--out {out}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
+def _load_for_video(args: argparse.Namespace, load):
+  """`sample` / `generate-video`: checks --out, reads --image, loads the pipeline with `load()`; returns (the
+  pipeline, the first frame resized to the video size: --size or the model's)."""
+  if Path(args.out).suffix.lower() not in VIDEO_EXTENSIONS:
+    raise WonderlandError(f"--out {args.out}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
   image = read_image(args.image)
-  pipe = VideoPipeline.load(args.model)
+  pipe = load()
   height, width = (args.size[1], args.size[0]) if args.size else pipe.default_size
-  pipe.check(args.frames, height, width)
-  latents, frames = pipe.generate(resize_image(image, height, width), args.prompt,
-                                  negative_prompt=args.negative_prompt, num_frames=args.frames,
-                                  num_inference_steps=args.steps, guidance_scale=args.guidance,
-                                  use_dynamic_cfg=args.dynamic_cfg, key=jax.random.key(args.seed))
-  write_video(out, frames, fps=args.fps)
+  return pipe, resize_image(image, height, width)
+
+
+def _sampling_options(args: argparse.Namespace, num_frames: int) -> dict:
+  """The `generate` keywords the video commands share."""
+  return dict(negative_prompt=args.negative_prompt, num_frames=num_frames, num_inference_steps=args.steps,
+              guidance_scale=args.guidance, use_dynamic_cfg=args.dynamic_cfg, key=jax.random.key(args.seed))
+
+
+def _write_video_outputs(args: argparse.Namespace, latents, frames: np.ndarray) -> None:
+  """--out (the frames) and --latents (an .npz with `latents`, when given)."""
+  write_video(args.out, frames, fps=args.fps)
   if args.latents:
     with atomic_path(args.latents) as temporary:
       np.savez(temporary, latents=np.asarray(latents))
-  logger.info("wrote %s (%d frames, %dx%d)", out, len(frames), width, height)
+  logger.info("wrote %s (%d frames, %dx%d)", args.out, len(frames), frames.shape[2], frames.shape[1])
+
+
+def _sample(args: argparse.Namespace) -> None:
+  pipe, image = _load_for_video(args, lambda: VideoPipeline.load(args.model))
+  pipe.check(args.frames, *image.shape[:2])
+  latents, frames = pipe.generate(image, args.prompt, **_sampling_options(args, args.frames))
+  _write_video_outputs(args, latents, frames)
+
+
+def _video_trajectory(args: argparse.Namespace, width: int, height: int):
+  """`generate-video`'s cameras at the video size: a preset with --frames (default 49) cameras, or the pose
+  file, whose length --frames (when given) must equal."""
+  if args.trajectory in PRESETS:
+    return make_trajectory(args.trajectory, args.frames or DEFAULT_VIDEO_FRAMES, width=width, height=height,
+                           fov_deg=args.fov, **dict(args.param or []))
+  cameras = read_pose_file(args.trajectory, width, height).cameras
+  if args.frames is not None and args.frames != len(cameras):
+    raise WonderlandError(f"--frames {args.frames} but --trajectory {args.trajectory} has {len(cameras)} poses; "
+                          "camera control needs one pose per frame (leave out --frames to use them all)")
+  return cameras
+
+
+def _generate_video(args: argparse.Namespace) -> None:
+  from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline  # noqa: PLC0415 (keeps the CLI light)
+  if args.trajectory not in PRESETS and not os.path.exists(args.trajectory):
+    raise WonderlandError(f"--trajectory {args.trajectory!r} is neither a preset ({', '.join(PRESETS)}) "
+                          "nor an existing pose file")
+  pipe, image = _load_for_video(
+      args, lambda: CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora))
+  cameras = _video_trajectory(args, image.shape[1], image.shape[0])
+  latents, frames = pipe.generate(image, args.prompt, cameras, **_sampling_options(args, len(cameras)))
+  _write_video_outputs(args, latents, frames)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -135,17 +179,58 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
   from wonderland_jax.train.config import load_config  # noqa: PLC0415 (keeps `wonderland render` light)
-  from wonderland_jax.train.camera_dit import camera_dit_task  # noqa: PLC0415
-  from wonderland_jax.train.lalrm import lalrm_task  # noqa: PLC0415
   from wonderland_jax.train.loop import train  # noqa: PLC0415
-  from wonderland_jax.train.vae import vae_task  # noqa: PLC0415
+  from wonderland_jax.train.tasks import make_task  # noqa: PLC0415
   config = load_config(args.config, args.overrides)
-  task = {"lalrm": lalrm_task, "vae": vae_task, "camera-dit": camera_dit_task}[args.model](config)
+  task = make_task(args.model, config)
   result = train(task, config, args.workdir)
   if result.status == "preempted":
     logger.info("stopped at step %d; run the same command again to resume", result.step)
   else:
     logger.info("trained %d steps; model in %s", result.step, Path(args.workdir) / "model")
+
+
+def _plan(args: argparse.Namespace) -> None:
+  from wonderland_jax.parallel.mesh import parse_axes  # noqa: PLC0415
+  from wonderland_jax.parallel.plan import ACCELERATORS  # noqa: PLC0415
+  sizes, dcn = parse_axes(args.mesh), parse_axes(args.dcn)
+  if -1 in sizes.values() or -1 in dcn.values():
+    raise WonderlandError(f"--mesh {args.mesh}: give every axis size (a plan has no devices to fill in)")
+  if args.accelerator not in ACCELERATORS:
+    raise WonderlandError(f"--accelerator {args.accelerator!r}: one of {sorted(ACCELERATORS)}")
+  if not 0 < args.mfu <= 1:
+    raise WonderlandError(f"--mfu {args.mfu}: a fraction in (0, 1]")
+  devices = int(np.prod(list(sizes.values())) * np.prod(list(dcn.values())))
+  if os.environ.get(_PLAN_CHILD) != str(devices):
+    # The fake devices must exist before JAX starts its CPU backend: plan in a fresh process.
+    import subprocess  # noqa: PLC0415
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    environment = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", **{_PLAN_CHILD: str(devices)})
+    result = subprocess.run([sys.executable, "-m", "wonderland_jax.cli", *args.argv], env=environment)
+    if result.returncode:
+      raise WonderlandError(f"planning failed (exit status {result.returncode}); see the messages above")
+    return
+  from wonderland_jax.parallel.mesh import make_mesh  # noqa: PLC0415
+  from wonderland_jax.parallel.plan import plan_training  # noqa: PLC0415
+  from wonderland_jax.train.config import load_config  # noqa: PLC0415
+  from wonderland_jax.train.tasks import make_task, planning_config, task_name  # noqa: PLC0415
+  config = load_config(args.config, args.overrides)
+  name = args.model or task_name(config)
+  config = planning_config(name, config)
+  mesh = make_mesh(args.mesh, dcn=args.dcn or None, devices=jax.devices()[:devices])
+  plan = plan_training(make_task(name, config), config, mesh)
+  accelerator = ACCELERATORS[args.accelerator]
+  print(plan.table(accelerator, args.mfu))
+  if not plan.fits(accelerator):
+    logger.warning("this plan needs %.1f GiB per device; %s has %.0f GiB: shard further (fsdp / tensor / context) "
+                   "or rematerialise more", plan.peak_bytes / 2 ** 30, accelerator.name,
+                   accelerator.memory_bytes / 2 ** 30)
+  if args.json:
+    with atomic_path(args.json) as temporary:
+      Path(temporary).write_text(json.dumps(plan.to_dict(accelerator, args.mfu), indent=2) + "\n")
+
+
+_PLAN_CHILD = "WONDERLAND_PLAN_DEVICES"
 
 
 def _prepare_latents(args: argparse.Namespace) -> None:
@@ -194,6 +279,21 @@ def _reconstruct(args: argparse.Namespace) -> None:
     logger.info("wrote %s (the input cameras, re-rendered)", args.render)
 
 
+def _add_video_flags(parser: argparse.ArgumentParser) -> None:
+  """The flags `sample` and `generate-video` share."""
+  parser.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`")
+  parser.add_argument("--image", required=True, help="the first frame (PNG/JPEG); resized to --size")
+  parser.add_argument("--negative-prompt", default="")
+  parser.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's, 720x480)")
+  parser.add_argument("--steps", type=_positive_int, default=50, help="sampling steps")
+  parser.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 = off)")
+  parser.add_argument("--dynamic-cfg", action="store_true", help="the pipeline's cosine-shaped dynamic guidance")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--fps", type=float, default=8.0)
+  parser.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
+  parser.add_argument("--latents", default=None, help="also save the latents to this .npz")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="wonderland", description=__doc__.split("\n\n")[0])
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -220,20 +320,32 @@ def build_parser() -> argparse.ArgumentParser:
   render.set_defaults(run=_render)
 
   sample = commands.add_parser("sample", help="image-to-video with a converted CogVideoX pipeline")
-  sample.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`")
-  sample.add_argument("--image", required=True, help="the first frame (PNG/JPEG); resized to --size")
   sample.add_argument("--prompt", required=True)
-  sample.add_argument("--negative-prompt", default="")
-  sample.add_argument("--frames", type=_positive_int, default=49, help="video frames, 1 + 4k")
-  sample.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's, 720x480)")
-  sample.add_argument("--steps", type=_positive_int, default=50, help="sampling steps")
-  sample.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 = off)")
-  sample.add_argument("--dynamic-cfg", action="store_true", help="the pipeline's cosine-shaped dynamic guidance")
-  sample.add_argument("--seed", type=int, default=0)
-  sample.add_argument("--fps", type=float, default=8.0)
-  sample.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
-  sample.add_argument("--latents", default=None, help="also save the latents to this .npz")
+  sample.add_argument("--frames", type=_positive_int, default=DEFAULT_VIDEO_FRAMES, help="video frames, 1 + 4k")
+  _add_video_flags(sample)
   sample.set_defaults(run=_sample)
+
+  generate = commands.add_parser(
+      "generate-video", help="camera-guided image-to-video: a converted CogVideoX pipeline plus a camera branch "
+                             "(`wonderland train camera-dit`) follows a camera trajectory")
+  generate.add_argument("--branch", required=True,
+                        help="the camera branch checkpoint (`<workdir>/model` of `wonderland train camera-dit`)")
+  generate.add_argument("--trajectory", required=True,
+                        help="a preset (" + ", ".join(PRESETS) + "; --fov, --param) or a pose file with one camera "
+                             "per frame: RealEstate10K .txt, nerfstudio transforms.json, COLMAP text model dir. "
+                             "Re-based on the first camera and scale-normalised as in training")
+  generate.add_argument("--prompt", default="", help="text prompt (default empty)")
+  generate.add_argument("--frames", type=_positive_int, default=None,
+                        help=f"video frames, 1 + 4k (default: {DEFAULT_VIDEO_FRAMES} for presets, the pose "
+                             "file's length for pose files, which must equal it)")
+  generate.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of presets, degrees")
+  generate.add_argument("--param", type=_parameter, action="append", metavar="KEY=VALUE",
+                        help="preset parameter, repeatable (e.g. degrees=90, radius=2, distance=1)")
+  generate.add_argument("--merge-lora", action="store_true",
+                        help="fold the branch's LoRA adapters into the base weights (faster; same output up to "
+                             "rounding)")
+  _add_video_flags(generate)
+  generate.set_defaults(run=_generate_video)
 
   demo = commands.add_parser("demo", help="the embedded default: recover a procedural scene by gradient descent "
                                           "through the rasterizer and write scene.ply, flythrough.mp4, report")
@@ -267,6 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
   training.add_argument("--workdir", required=True,
                         help="checkpoints/, tensorboard/, metrics.jsonl, config.json and the final model/")
   training.set_defaults(run=_train, accepts_overrides=True)
+
+  planning = commands.add_parser(
+      "plan", help="compile a config's training step for a device mesh with abstract inputs on fake CPU devices "
+                   "(nothing allocated) and print per-device memory, FLOPs and the implied step time; extra "
+                   "--config.a.b=value flags override the config")
+  planning.add_argument("--config", required=True, help="a training config file or the name of one in configs/")
+  planning.add_argument("--mesh", required=True,
+                        help="axis sizes per slice / node, e.g. data=8,fsdp=8 (axes: data, fsdp, context, tensor)")
+  planning.add_argument("--dcn", default="", help="axis sizes across slices / nodes (hybrid mesh), e.g. data=4")
+  planning.add_argument("--model", choices=["lalrm", "vae", "camera-dit"], default=None,
+                        help="which model the config trains (default: from the config's sections)")
+  planning.add_argument("--accelerator", default="h100", help="device for the memory check and step time: "
+                        "h100, h200, a100, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e")
+  planning.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step time")
+  planning.add_argument("--json", default=None, help="also write the plan as JSON to this file")
+  planning.set_defaults(run=_plan, accepts_overrides=True)
 
   latents = commands.add_parser(
       "prepare-latents", help="encode training clips once with the frozen VAE into a latent cache (ArrayRecord "
@@ -306,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
   if extra and not getattr(args, "accepts_overrides", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   args.overrides = extra
+  args.argv = list(sys.argv[1:] if argv is None else argv)
   # absl (imported by orbax) calls logging.basicConfig() on its first log line, leaving a plain stderr handler
   # on the root logger that would make ours a no-op; replace that one (and only plain ones: test capture and
   # user handlers stay).

@@ -13,12 +13,14 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from tests.diffusion.test_pipeline import converted  # noqa: F401 (a fixture: a converted tiny pipeline)
+from tests.diffusion import test_pipeline
 from wonderland_jax.cli import main
 from wonderland_jax.diffusion.schedulers import add_noise, get_velocity, make_tables
 from wonderland_jax.models import camera_dit
 from wonderland_jax.train import camera_dit as trainer
 from wonderland_jax.train.config import load_config
+
+converted = test_pipeline.converted  # a fixture: a converted tiny CogVideoX pipeline
 
 TINY = ["--config.base.random_config.num_layers=2", "--config.camera.controlnet_layers=1",
         "--config.camera.encoder_channels=8", "--config.train.batch_size=2", "--config.train.log_every=2",
@@ -78,7 +80,7 @@ def _flat_keys(tree):
   return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
-def test_trains_from_a_converted_pipeline_and_caches_the_text_embeddings(tmp_path, converted):  # noqa: F811
+def test_trains_from_a_converted_pipeline_and_caches_the_text_embeddings(tmp_path, converted):
   cache = tmp_path / "text.npz"
   args = ["--config.base.pipeline=" + str(converted), "--config.base.random_config={}",
           "--config.camera.spatial_compression=4", "--config.camera.controlnet_layers=1",

@@ -86,14 +86,15 @@ def load_base(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> CogVideoXTra
   one from `base.random_config` and `base.seed` (identical in every run, so it need not be checkpointed)."""
   directory = _pipeline_dir(config)
   del rngs  # the base's weights come from its checkpoint or its own seed
+  # Compute settings from the config (the same params in any of them).
+  overrides = {key: config.base[key] for key in ("dtype", "attention", "remat") if config.base.get(key)}
   if directory is None:
-    return CogVideoXTransformer(DiTConfig.from_diffusers(config.base.random_config.to_dict()),
+    return CogVideoXTransformer(DiTConfig.from_diffusers(config.base.random_config.to_dict(), **overrides),
                                 rngs=nnx.Rngs(int(config.base.seed)))
   base = checkpoints.load(directory / "transformer")
   if not isinstance(base, CogVideoXTransformer):
     raise InputFileError(f"{directory / 'transformer'}: not a CogVideoX transformer checkpoint")
-  overrides = {key: config.base[key] for key in ("dtype", "attention", "remat") if config.base.get(key)}
-  if overrides:  # compute settings: the same params in a model built with the overridden config
+  if overrides:
     model_config = DiTConfig.from_diffusers(base.config.to_dict(), **overrides)
     model = nnx.eval_shape(lambda: CogVideoXTransformer(model_config, rngs=nnx.Rngs(0)))
     nnx.update(model, nnx.state(base))
@@ -268,7 +269,37 @@ def camera_dit_task(config: ml_collections.ConfigDict) -> Task:
   return Task(name="camera-dit", build_model=CameraDiTTrainee,
               loss_fn=functools.partial(camera_dit_loss, config=config, tables=tables),
               make_iterator=pipeline.make_train_iterator,
-              trainable=_trainee_branch, evaluate=evaluate, export=export)
+              trainable=_trainee_branch, evaluate=evaluate, export=export, abstract_batch=abstract_batch)
+
+
+def abstract_batch(config: ml_collections.ConfigDict) -> dict:
+  """The global batch the step takes, as shapes: frames and their cameras."""
+  batch, data = int(config.train.batch_size), config.data
+  frames, height, width = int(data.num_frames), int(data.height), int(data.width)
+  shape = lambda *dims: jax.ShapeDtypeStruct((batch, frames, *dims), jnp.float32)
+  return {"frames": shape(height, width, 3), "viewmats": shape(4, 4), "intrinsics": shape(3, 3)}
+
+
+def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with random base and VAE of the base pipeline's shapes (read from its model.json files when
+  the pipeline is there, else `base.random_config` / `vae.random_config`, which the 5B config sets to the
+  published CogVideoX-5B-I2V configs)."""
+  planned = ml_collections.ConfigDict(config.to_dict())
+  directory = _pipeline_dir(config)
+  with planned.unlocked():
+    planned.base.pipeline = ""
+    planned.text.embeddings = ""
+    if directory is not None and (directory / "transformer").is_dir():
+      planned.base.random_config = checkpoints.read_description(directory / "transformer")[1]
+    vae_dir = Path(config.vae.checkpoint) if config.vae.get("checkpoint") else (
+        directory / "vae" if directory is not None else None)
+    planned.vae.checkpoint = ""
+    if vae_dir is not None and vae_dir.is_dir():
+      planned.vae.random_config = checkpoints.read_description(vae_dir)[1]
+  for name in ("base", "vae"):
+    if not planned[name].random_config.to_dict():
+      raise WonderlandError(f"plan: --config.{name}.random_config is empty and no checkpoint gives the shapes")
+  return planned
 
 
 def _trainee_branch(path, value) -> bool:

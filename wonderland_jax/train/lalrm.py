@@ -39,6 +39,10 @@ from wonderland_jax.train.loop import Task
 logger = logging.getLogger("wonderland_jax")
 
 
+# `loss.vgg_weights` for ahead-of-time plans: a VGG-19 with random weights (the shapes are all a plan needs).
+RANDOM_VGG = "random"
+
+
 class LaLRMTrainee(nnx.Module):
   """What the loop trains: the LaLRM (trainable), plus the frozen VAE and VGG-19 when the config uses them."""
 
@@ -53,7 +57,10 @@ class LaLRMTrainee(nnx.Module):
       if not config.loss.vgg_weights:
         raise WonderlandError("--config.loss.perceptual_weight > 0 needs --config.loss.vgg_weights=<torchvision "
                               "VGG-19 state_dict (.pth or .safetensors)>")
-      self.vgg = vgg.load_vgg(config.loss.vgg_weights, "vgg19")
+      if config.loss.vgg_weights == RANDOM_VGG:  # planning: the network's shapes only
+        self.vgg = vgg.VGG("vgg19", rngs=nnx.Rngs(0))
+      else:
+        self.vgg = vgg.load_vgg(config.loss.vgg_weights, "vgg19")
 
 
 def initialize_from(lalrm: LaLRM, directory: str) -> None:
@@ -223,4 +230,36 @@ def lalrm_task(config: ml_collections.ConfigDict) -> Task:
 
   return Task(name="lalrm", build_model=LaLRMTrainee, loss_fn=functools.partial(lalrm_loss, config=config),
               make_iterator=pipeline.make_train_iterator,
-              trainable=nnx.All(nnx.Param, nnx.PathContains("lalrm")), evaluate=evaluate, export=export)
+              trainable=nnx.All(nnx.Param, nnx.PathContains("lalrm")), evaluate=evaluate, export=export,
+              abstract_batch=abstract_batch)
+
+
+def abstract_batch(config: ml_collections.ConfigDict) -> dict:
+  """The global batch the step takes, as shapes: latents (latent cache) or frames, cameras, supervision views."""
+  model = LaLRMConfig.from_dict(config.model.to_dict())
+  data = config.data
+  batch, frames, height, width = int(config.train.batch_size), int(data.num_frames), int(data.height), int(data.width)
+  views = int(data.num_target_seen) + int(data.num_target_unseen)
+  shape = lambda *dims: jax.ShapeDtypeStruct((batch, *dims), jnp.float32)
+  out = {"viewmats": shape(frames, 4, 4), "intrinsics": shape(frames, 3, 3), "target_images": shape(views, height,
+         width, 3), "target_viewmats": shape(views, 4, 4), "target_intrinsics": shape(views, 3, 3)}
+  if data.get("encode_frames", False):
+    out["frames"] = shape(frames, height, width, 3)
+  else:
+    latent_frames = (frames - 1) // model.temporal_compression + 1
+    out["latents"] = shape(latent_frames, height // model.spatial_compression, width // model.spatial_compression,
+                           model.latent_channels)
+  return out
+
+
+def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with a random VGG-19 and VAE (of the checkpoint's shapes when it is there)."""
+  planned = ml_collections.ConfigDict(config.to_dict())
+  with planned.unlocked():
+    if float(config.loss.perceptual_weight) > 0:
+      planned.loss.vgg_weights = RANDOM_VGG
+    if config.data.get("encode_frames", False) and config.vae.get("checkpoint"):
+      if Path(config.vae.checkpoint).is_dir():
+        planned.vae.random_config = checkpoints.read_description(config.vae.checkpoint)[1]
+      planned.vae.checkpoint = ""
+  return planned

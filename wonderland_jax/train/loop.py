@@ -73,6 +73,8 @@ class Task:
   trainable: Any = nnx.Param
   evaluate: Callable[[nnx.Module, ml_collections.ConfigDict], tuple[dict, dict]] | None = None
   export: Callable[[nnx.Module, ml_collections.ConfigDict, Path], None] | None = None
+  # For ahead-of-time plans (`parallel.plan`): the global batch as jax.ShapeDtypeStructs.
+  abstract_batch: Callable[[ml_collections.ConfigDict], dict] | None = None
 
 
 @flax.struct.dataclass
@@ -192,24 +194,71 @@ def check_config(config) -> None:
                           f"--config.train.grad_accum={train.grad_accum}")
 
 
+@dataclasses.dataclass
+class StepSetup:
+  """A task's model split for the step, the optimizer, the initial train state and the step function
+  (`setup`). With `abstract=True` every array is a `jax.ShapeDtypeStruct` (nothing allocated: for planning)."""
+
+  graphdef: Any
+  state: TrainState
+  frozen: dict  # the frozen params as a pure dict
+  rest: Any  # the other variables (nnx.State)
+  tx: optax.GradientTransformation
+  step: Callable  # the pure step (state, frozen, rest, batch) -> (state, metrics), not jitted
+  num_trainable: int
+  num_frozen: int
+  # With a mesh: NamedShardings of (state, frozen, rest) from the params' logical axis names and the rules.
+  shardings: tuple | None = None
+
+
+def setup(task: Task, config: ml_collections.ConfigDict, *, abstract: bool = False, mesh=None,
+          rules=None) -> StepSetup:
+  """Builds the task's model (abstractly with `abstract`) and everything the step needs; see `StepSetup`.
+  With a `mesh`, `shardings` places the train state (optimizer moments like their params), the frozen params
+  and the other variables by `rules` (default `parallel.DEFAULT_RULES`)."""
+  build = lambda: task.build_model(config, nnx.Rngs(int(config.seed)))
+  model = nnx.eval_shape(build) if abstract else build()
+  graphdef, trainable_state, frozen_state, rest = nnx.split(model, task.trainable, nnx.Param, ...)
+  params = nnx.to_pure_dict(trainable_state)
+  if not jax.tree.leaves(params):
+    raise WonderlandError(f"{task.name}: the trainable-parameter filter selects no parameters")
+  frozen = nnx.to_pure_dict(frozen_state)
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  total_steps = int(config.train.steps)
+  tx = make_optimizer(config.optimizer, total_steps)
+  key = jax.random.key_data(jax.random.key(int(config.seed)))
+  if abstract:
+    opt_state = jax.eval_shape(tx.init, params)
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype)
+    step = jax.ShapeDtypeStruct((), jnp.int32)
+  else:
+    opt_state, step = tx.init(params), jnp.zeros((), jnp.int32)
+  state = TrainState(step=step, params=params, opt_state=opt_state, key=key)
+  shardings = None
+  if mesh is not None:
+    from wonderland_jax.parallel import mesh as meshes  # noqa: PLC0415
+    rules = meshes.DEFAULT_RULES if rules is None else rules
+    param_shardings = meshes.state_shardings(trainable_state, mesh, rules)
+    replicated = meshes.replicated(mesh)
+    opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_state, param_shardings,
+                                          transform_non_params=lambda _: replicated)
+    shardings = (TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, key=replicated),
+                 meshes.state_shardings(frozen_state, mesh, rules), jax.tree.map(lambda _: replicated, rest))
+  return StepSetup(graphdef=graphdef, state=state, frozen=frozen, rest=rest, tx=tx,
+                   step=make_train_step(graphdef, task.loss_fn, tx, int(config.train.grad_accum)),
+                   num_trainable=count(params), num_frozen=count(frozen), shardings=shardings)
+
+
 def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   """Trains (or resumes) `task` in `workdir`; see the module docstring."""
   check_config(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   total_steps = int(config.train.steps)
-  model = task.build_model(config, nnx.Rngs(int(config.seed)))
-  graphdef, trainable, frozen, rest = nnx.split(model, task.trainable, nnx.Param, ...)
-  params = nnx.to_pure_dict(trainable)
-  if not jax.tree.leaves(params):
-    raise WonderlandError(f"{task.name}: the trainable-parameter filter selects no parameters")
-  num_trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  num_frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.to_pure_dict(frozen)))
-  logger.info("%s: %s trainable params, %s frozen", task.name, f"{num_trainable:,}", f"{num_frozen:,}")
-  tx = make_optimizer(config.optimizer, total_steps)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     key=jax.random.key_data(jax.random.key(int(config.seed))))
-  frozen = nnx.to_pure_dict(frozen)
+  prepared = setup(task, config)
+  graphdef, state, frozen, rest = prepared.graphdef, prepared.state, prepared.frozen, prepared.rest
+  logger.info("%s: %s trainable params, %s frozen", task.name, f"{prepared.num_trainable:,}",
+              f"{prepared.num_frozen:,}")
   iterator = task.make_iterator(config)
 
   manager = _checkpoint_manager(workdir / "checkpoints", config)
@@ -219,7 +268,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
     state = _restore(manager, latest, state, iterator, workdir)
   else:
     write_json(workdir / "config.json", config.to_dict())
-  step_fn = jax.jit(make_train_step(graphdef, task.loss_fn, tx, int(config.train.grad_accum)), donate_argnums=0)
+  step_fn = jax.jit(prepared.step, donate_argnums=0)
   schedule = learning_rate_schedule(config.optimizer, total_steps)
 
   writer = MetricWriter(workdir)

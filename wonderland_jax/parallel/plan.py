@@ -1,0 +1,121 @@
+"""Ahead-of-time plans: the training step of a config compiled for a mesh with abstract inputs (nothing allocated),
+its per-device memory and FLOPs, and the step time they imply on an accelerator at a given MFU.
+
+    plan = plan_training(task, config, make_mesh("data=8,fsdp=8"))
+    print(plan.table(ACCELERATORS["h100"], mfu=0.4))
+
+`wonderland plan` runs this on fake CPU devices (`--xla_force_host_platform_device_count`) in a subprocess, so
+a 256-device plan needs no accelerator. Figures are XLA's for the compiled SPMD program: `memory_analysis()`
+(arguments, outputs, temporaries, aliased = donated) and `cost_analysis()` FLOPs, both per device. Compiled for
+CPU, so the temporaries are those of the CPU backend's fusion and attention choices (the 'xla' attention
+materialises the scores; a GPU / TPU build with cudnn / splash kernels needs less): read them as an upper bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import ml_collections
+
+from wonderland_jax.errors import WonderlandError
+from wonderland_jax.parallel.mesh import batch_sharding, device_count, rules_from
+
+logger = logging.getLogger("wonderland_jax")
+
+GIB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+  name: str
+  peak_flops: float  # dense bf16 FLOP/s per device
+  memory_bytes: float
+
+
+ACCELERATORS = {
+    "h100": Accelerator("NVIDIA H100 SXM", 989e12, 80 * GIB),
+    "h200": Accelerator("NVIDIA H200", 989e12, 141 * GIB),
+    "a100": Accelerator("NVIDIA A100 80GB", 312e12, 80 * GIB),
+    "tpu-v4": Accelerator("TPU v4", 275e12, 32 * GIB),
+    "tpu-v5e": Accelerator("TPU v5e", 197e12, 16 * GIB),
+    "tpu-v5p": Accelerator("TPU v5p", 459e12, 95 * GIB),
+    "tpu-v6e": Accelerator("TPU v6e", 918e12, 32 * GIB),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  task: str
+  mesh: dict
+  global_batch: int
+  num_trainable: int
+  num_frozen: int
+  argument_bytes: int  # per device: train state, frozen params, batch
+  output_bytes: int
+  alias_bytes: int  # outputs written into donated arguments
+  temp_bytes: int
+  flops: float  # per device per step
+
+  @property
+  def devices(self) -> int:
+    return int(jax.numpy.prod(jax.numpy.asarray(list(self.mesh.values()))))
+
+  @property
+  def peak_bytes(self) -> int:
+    """Arguments + temporaries + outputs not aliased to donated arguments."""
+    return self.argument_bytes + self.temp_bytes + max(self.output_bytes - self.alias_bytes, 0)
+
+  def step_seconds(self, accelerator: Accelerator, mfu: float) -> float:
+    return self.flops / (accelerator.peak_flops * mfu)
+
+  def fits(self, accelerator: Accelerator) -> bool:
+    return self.peak_bytes <= accelerator.memory_bytes
+
+  def to_dict(self, accelerator: Accelerator, mfu: float) -> dict:
+    return dict(dataclasses.asdict(self), peak_bytes=self.peak_bytes, devices=self.devices,
+                accelerator=accelerator.name, mfu=mfu, step_seconds=self.step_seconds(accelerator, mfu),
+                fits=self.fits(accelerator))
+
+  def table(self, accelerator: Accelerator, mfu: float) -> str:
+    mesh = ",".join(f"{axis}={size}" for axis, size in self.mesh.items() if size > 1) or "1 device"
+    rows = [("task", self.task), ("mesh", f"{mesh} ({self.devices} devices)"),
+            ("global batch", str(self.global_batch)),
+            ("params", f"{self.num_trainable:,} trainable, {self.num_frozen:,} frozen"),
+            ("per device: arguments", f"{self.argument_bytes / GIB:.2f} GiB"),
+            ("per device: temporaries", f"{self.temp_bytes / GIB:.2f} GiB"),
+            ("per device: outputs (not donated)", f"{max(self.output_bytes - self.alias_bytes, 0) / GIB:.2f} GiB"),
+            ("per device: peak", f"{self.peak_bytes / GIB:.2f} GiB of {accelerator.memory_bytes / GIB:.0f} GiB "
+                                 f"({accelerator.name})"),
+            ("FLOPs per step", f"{self.flops:.3e} per device, {self.flops * self.devices:.3e} total"),
+            (f"step time at {mfu:.0%} MFU", f"{self.step_seconds(accelerator, mfu):.2f} s on {accelerator.name}")]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"| {name.ljust(width)} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None) -> Plan:
+  """Lowers and compiles `task`'s training step for `mesh` with abstract inputs; see the module docstring."""
+  from wonderland_jax.train.loop import setup  # noqa: PLC0415
+  if task.abstract_batch is None:
+    raise WonderlandError(f"{task.name}: this task cannot be planned (no abstract batch)")
+  rules = rules_from(rules if rules is not None else config.get("sharding_rules"))
+  prepared = setup(task, config, abstract=True, mesh=mesh, rules=rules)
+  state_shardings, frozen_shardings, rest_shardings = prepared.shardings
+  batch = task.abstract_batch(config)
+  global_batch = int(jax.tree.leaves(batch)[0].shape[0])
+  batch_shardings = jax.tree.map(lambda x: batch_sharding(mesh, rules, x.ndim), batch)
+  step = jax.jit(prepared.step, in_shardings=(state_shardings, frozen_shardings, rest_shardings, batch_shardings),
+                 out_shardings=(state_shardings, None), donate_argnums=0)
+  logger.info("plan: compiling the %s step for %d devices (mesh %s)", task.name, device_count(mesh), dict(mesh.shape))
+  with jax.set_mesh(mesh):
+    compiled = step.lower(prepared.state, prepared.frozen, prepared.rest, batch).compile()
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return Plan(task=task.name, mesh={axis: int(size) for axis, size in mesh.shape.items()},
+              global_batch=global_batch, num_trainable=prepared.num_trainable, num_frozen=prepared.num_frozen,
+              argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
+              alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
+              flops=float(cost.get("flops", 0.0)))
