@@ -1,0 +1,118 @@
+"""Sequence-parallel attention over the mesh's 'context' axis, for the ~17.5k-token video and LaLRM sequences.
+
+    out = sequence_parallel_attention(q, k, v, method="ring", implementation="xla")   # under jax.set_mesh(mesh)
+
+q, k, v are (B, L, heads, head_dim) global arrays (inside jit); the token axis is split over 'context' (the
+batch over 'data' x 'fsdp', the heads over 'tensor', as the logical rules place them), and each device works on
+its share with `jax.shard_map`:
+
+  ulysses  all-to-all from sequence-sharded to head-sharded (each device gets every token of heads/c heads),
+           local attention with any implementation (xla, cudnn, splash), all-to-all back. Needs heads
+           divisible by the context size (times the tensor size).
+  ring     the local queries stay; key/value blocks travel around the ring (`ppermute`) c times; each block's
+           partial result is merged by log-sum-exp (non-causal). Memory per device: one block of scores.
+
+Sequences whose length does not divide over the axis are padded; padded keys are masked out (ring: by global
+position; ulysses: after gathering, by a key mask) and padded queries dropped. Without a mesh, or with a
+'context' axis of size 1, this is plain `dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from wonderland_jax.errors import WonderlandError
+from wonderland_jax.nn.attention import dot_product_attention
+
+METHODS = ("none", "ulysses", "ring")
+CONTEXT = "context"
+
+
+def _axis_size(mesh, name: str) -> int:
+  return int(dict(mesh.shape).get(name, 1))
+
+
+def _spec(mesh) -> PartitionSpec:
+  """(batch, tokens, heads, head_dim) placement inside the shard_map."""
+  names = set(mesh.axis_names)
+  batch = tuple(axis for axis in ("data", "fsdp") if axis in names) or None
+  heads = "tensor" if "tensor" in names else None
+  return PartitionSpec(batch, CONTEXT, heads, None)
+
+
+def sequence_parallel_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, method: str = "ring",
+                                implementation: str = "xla", scale: float | None = None) -> jax.Array:
+  """See the module docstring. Self- or cross-attention (Lq may differ from Lk), non-causal, no mask."""
+  if method not in METHODS:
+    raise WonderlandError(f"unknown sequence-parallel attention {method!r}; use one of {METHODS}")
+  mesh = jax.sharding.get_abstract_mesh()
+  if method == "none" or mesh.empty or CONTEXT not in mesh.axis_names or _axis_size(mesh, CONTEXT) == 1:
+    return dot_product_attention(query, key, value, implementation=implementation, scale=scale)
+  size = _axis_size(mesh, CONTEXT)
+  heads = query.shape[2]
+  tensor = _axis_size(mesh, "tensor") if "tensor" in mesh.axis_names else 1
+  if heads % tensor:
+    raise WonderlandError(f"{heads} attention heads do not split over the mesh's tensor axis of {tensor}")
+  if method == "ulysses" and (heads // tensor) % size:
+    raise WonderlandError(f"ulysses attention needs the heads per tensor shard ({heads // tensor}) divisible by "
+                          f"the context axis ({size}); use method 'ring'")
+  scale = query.shape[-1] ** -0.5 if scale is None else scale
+  q_length, kv_length = query.shape[1], key.shape[1]
+  pad = lambda x, length: jnp.pad(x, ((0, 0), (0, -length % size), (0, 0), (0, 0)))
+  query, key, value = pad(query, q_length), pad(key, kv_length), pad(value, kv_length)
+  spec = _spec(mesh)
+  body = functools.partial(_ulysses if method == "ulysses" else _ring, kv_length=kv_length, size=size,
+                           scale=scale, implementation=implementation)
+  out = jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
+      query, key, value)
+  return out[:, :q_length]
+
+
+def _ulysses(query, key, value, *, kv_length: int, size: int, scale: float, implementation: str):
+  # (B, L/c, N, D) -> (B, L, N/c, D): split heads, gather tokens.
+  to_heads = lambda x: jax.lax.all_to_all(x, CONTEXT, split_axis=2, concat_axis=1, tiled=True)
+  q, k, v = to_heads(query), to_heads(key), to_heads(value)
+  if k.shape[1] != kv_length:  # padded keys: masked out
+    mask = (jnp.arange(k.shape[1]) < kv_length)[None, None, None, :]
+    out = dot_product_attention(q, k, v, implementation="xla" if implementation == "splash" else implementation,
+                                scale=scale, mask=mask)
+  else:
+    out = dot_product_attention(q, k, v, implementation=implementation, scale=scale)
+  return jax.lax.all_to_all(out, CONTEXT, split_axis=1, concat_axis=2, tiled=True)
+
+
+def _ring(query, key, value, *, kv_length: int, size: int, scale: float, implementation: str):
+  del implementation  # the blocks are merged by log-sum-exp, computed here in float32
+  dtype = query.dtype
+  q = query.astype(jnp.float32) * scale
+  block = key.shape[1]
+  index = jax.lax.axis_index(CONTEXT)
+  permutation = [(i, (i + 1) % size) for i in range(size)]
+
+  def step(carry, hop):
+    k, v, out, row_max, row_sum = carry
+    # The block held now started on device (index - hop) mod c: its global key positions.
+    origin = (index - hop) % size
+    positions = origin * block + jnp.arange(block)
+    scores = jnp.einsum("bqnd,bknd->bnqk", q, k.astype(jnp.float32))
+    scores = jnp.where((positions < kv_length)[None, None, None, :], scores, -jnp.inf)
+    block_max = jnp.max(scores, axis=-1)
+    new_max = jnp.maximum(row_max, block_max)
+    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    weights = jnp.exp(scores - safe_max[..., None])
+    correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
+    row_sum = row_sum * correction + jnp.sum(weights, axis=-1)
+    out = out * jnp.moveaxis(correction, 1, 2)[..., None] + jnp.einsum("bnqk,bknd->bqnd", weights,
+                                                                        v.astype(jnp.float32))
+    k, v = jax.lax.ppermute(k, CONTEXT, permutation), jax.lax.ppermute(v, CONTEXT, permutation)
+    return (k, v, out, new_max, row_sum), None
+
+  batch, length, heads, _ = query.shape
+  init = (key, value, jnp.zeros((*query.shape[:3], value.shape[-1]), jnp.float32),
+          jnp.full((batch, heads, length), -jnp.inf, jnp.float32), jnp.zeros((batch, heads, length), jnp.float32))
+  (_, _, out, _, row_sum), _ = jax.lax.scan(step, init, jnp.arange(size))
+  return (out / jnp.moveaxis(row_sum, 1, 2)[..., None]).astype(dtype)
