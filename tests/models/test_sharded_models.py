@@ -14,6 +14,7 @@ from wonderland_jax.models import camera_dit
 from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig
 from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.models.t5 import T5Config, T5Encoder
+from wonderland_jax.parallel.mesh import DEFAULT_RULES, make_mesh
 
 RULES = [("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor")]
 
@@ -87,4 +88,21 @@ def test_sharded_forward_equals_single_device(tmp_path, name):
   assert all(isinstance(spec, PartitionSpec) for spec in specs)
   forward = nnx.jit(lambda module, *args: module(*args))
   out = forward(loaded, *(jnp.asarray(x) for x in inputs))
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name,method,mesh_spec", [("dit", "ring", "fsdp=2,context=2,tensor=2"),
+                                                   ("dit", "ulysses", "data=4,context=2"),
+                                                   ("lalrm", "ring", "fsdp=2,context=2,tensor=2"),
+                                                   ("lalrm", "ulysses", "fsdp=4,context=2")])
+def test_context_parallel_forward_equals_single_device(tmp_path, name, method, mesh_spec):
+  """FSDP + tensor + context parallelism are config changes: the same checkpoint, `sequence_parallel` set."""
+  model, kind, config, inputs = MODELS[name]()
+  expected = np.asarray(model(*inputs))
+  config = dict(config, sequence_parallel=method)
+  checkpoints.save(tmp_path / name, model, kind=kind, config=config)
+  mesh = make_mesh(mesh_spec)
+  loaded = checkpoints.load(tmp_path / name, mesh=mesh, rules=DEFAULT_RULES)
+  with jax.set_mesh(mesh):
+    out = nnx.jit(lambda module, *args: module(*args))(loaded, *(jnp.asarray(x) for x in inputs))
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -28,7 +28,9 @@ from jax.ad_checkpoint import checkpoint_name
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
-from wonderland_jax.nn.attention import dot_product_attention
+from wonderland_jax.nn.attention import IMPLEMENTATIONS
+from wonderland_jax.nn.sequence_parallel import METHODS as SEQUENCE_PARALLEL
+from wonderland_jax.nn.sequence_parallel import sequence_parallel_attention
 from wonderland_jax.nn.partitioning import axes, param_init_context
 from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
 
@@ -67,6 +69,7 @@ class DiTConfig:
   patch_bias: bool = True
   dtype: str = "float32"  # compute dtype of the matmuls (params stay float32; norms and softmax in float32)
   attention: str = "xla"  # wonderland_jax.nn.attention implementation
+  sequence_parallel: str = "none"  # none | ulysses | ring over the mesh's 'context' axis (nn.sequence_parallel)
   remat: str = "none"  # rematerialisation policy per transformer block, a key of nn.remat.REMAT_POLICIES
 
   @classmethod
@@ -85,6 +88,11 @@ class DiTConfig:
       raise WonderlandError("transformer config: only activation_fn 'gelu-approximate' and timestep_activation_fn "
                             f"'silu' are supported, got {self.activation_fn!r}, {self.timestep_activation_fn!r}")
     remat_policy(self.remat, "transformer config")
+    if self.attention not in IMPLEMENTATIONS:
+      raise WonderlandError(f"transformer config: attention {self.attention!r} is not one of {IMPLEMENTATIONS}")
+    if self.sequence_parallel not in SEQUENCE_PARALLEL:
+      raise WonderlandError(f"transformer config: sequence_parallel {self.sequence_parallel!r} is not one of "
+                            f"{SEQUENCE_PARALLEL}")
 
   @property
   def inner_dim(self) -> int:
@@ -305,6 +313,7 @@ class Attention(nnx.Module):
   def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
     dim, head_dim = config.inner_dim, config.attention_head_dim
     self.heads, self.implementation = config.num_attention_heads, config.attention
+    self.sequence_parallel = config.sequence_parallel
     self.to_q = _linear(dim, dim, config, rngs, ("embed", "heads"), config.attention_bias)
     self.to_k = _linear(dim, dim, config, rngs, ("embed", "heads"), config.attention_bias)
     self.to_v = _linear(dim, dim, config, rngs, ("embed", "heads"), config.attention_bias)
@@ -323,7 +332,9 @@ class Attention(nnx.Module):
       cos, sin = rotary
       query = jnp.concatenate([query[:, :text_length], apply_rotary(query[:, text_length:], cos, sin)], axis=1)
       key = jnp.concatenate([key[:, :text_length], apply_rotary(key[:, text_length:], cos, sin)], axis=1)
-    out = checkpoint_name(dot_product_attention(query, key, value, implementation=self.implementation), ATTENTION)
+    out = sequence_parallel_attention(query, key, value, method=self.sequence_parallel,
+                                      implementation=self.implementation)
+    out = checkpoint_name(out, ATTENTION)
     out = self.to_out[0](out.reshape(*out.shape[:2], -1))
     return out[:, text_length:], out[:, :text_length]
 

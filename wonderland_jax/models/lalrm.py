@@ -40,7 +40,9 @@ from wonderland_jax.camera.rays import ray_bundle
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
-from wonderland_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
+from wonderland_jax.nn.attention import IMPLEMENTATIONS
+from wonderland_jax.nn.sequence_parallel import METHODS as SEQUENCE_PARALLEL
+from wonderland_jax.nn.sequence_parallel import sequence_parallel_attention
 from wonderland_jax.nn.partitioning import param_init_context, partitioned
 from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
 from jax.ad_checkpoint import checkpoint_name
@@ -73,6 +75,7 @@ class LaLRMConfig:
   far: float = 20.0
   dtype: str = "float32"  # compute dtype of the matmuls; norms, softmax and the output in float32
   attention: str = "xla"
+  sequence_parallel: str = "none"  # none | ulysses | ring over the mesh's 'context' axis (nn.sequence_parallel)
   remat: str = "none"
 
   @classmethod
@@ -95,6 +98,9 @@ class LaLRMConfig:
     if self.attention not in IMPLEMENTATIONS:
       raise WonderlandError(f"lalrm config: attention {self.attention!r} is not one of {IMPLEMENTATIONS}")
     remat_policy(self.remat, "lalrm config")
+    if self.sequence_parallel not in SEQUENCE_PARALLEL:
+      raise WonderlandError(f"lalrm config: sequence_parallel {self.sequence_parallel!r} is not one of "
+                            f"{SEQUENCE_PARALLEL}")
     if not self.near < self.far:
       raise WonderlandError(f"lalrm config: near {self.near} must be below far {self.far}")
 
@@ -126,13 +132,15 @@ class Attention(nnx.Module):
   def __init__(self, config: LaLRMConfig, *, rngs: nnx.Rngs):
     dim = config.hidden_size
     self.num_heads, self.implementation = dim // config.head_dim, config.attention
+    self.sequence_parallel = config.sequence_parallel
     self.qkv = _linear(dim, 3 * dim, ("embed", "heads"), config, rngs)
     self.out = _linear(dim, dim, ("heads", "embed"), config, rngs)
 
   def __call__(self, x):
     query, key, value = jnp.split(self.qkv(x), 3, axis=-1)
     split = lambda y: einops.rearrange(y, "b l (n d) -> b l n d", n=self.num_heads)
-    out = dot_product_attention(split(query), split(key), split(value), implementation=self.implementation)
+    out = sequence_parallel_attention(split(query), split(key), split(value), method=self.sequence_parallel,
+                                      implementation=self.implementation)
     out = checkpoint_name(out, ATTENTION)
     return self.out(einops.rearrange(out, "b l n d -> b l (n d)"))
 

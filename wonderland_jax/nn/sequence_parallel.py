@@ -36,12 +36,17 @@ def _axis_size(mesh, name: str) -> int:
   return int(dict(mesh.shape).get(name, 1))
 
 
-def _spec(mesh) -> PartitionSpec:
-  """(batch, tokens, heads, head_dim) placement inside the shard_map."""
-  names = set(mesh.axis_names)
-  batch = tuple(axis for axis in ("data", "fsdp") if axis in names) or None
-  heads = "tensor" if "tensor" in names else None
-  return PartitionSpec(batch, CONTEXT, heads, None)
+def _spec(mesh, batch_size: int) -> PartitionSpec:
+  """(batch, tokens, heads, head_dim) placement inside the shard_map: the batch over 'data' x 'fsdp' as far as
+  it divides (else those devices repeat the work), the heads over 'tensor'."""
+  batch, product = [], 1
+  for axis in ("data", "fsdp"):
+    size = _axis_size(mesh, axis) if axis in mesh.axis_names else 1
+    if size > 1 and batch_size % (product * size) == 0:
+      batch.append(axis)
+      product *= size
+  heads = "tensor" if "tensor" in mesh.axis_names else None
+  return PartitionSpec(tuple(batch) or None, CONTEXT, heads, None)
 
 
 def sequence_parallel_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, method: str = "ring",
@@ -64,7 +69,7 @@ def sequence_parallel_attention(query: jax.Array, key: jax.Array, value: jax.Arr
   q_length, kv_length = query.shape[1], key.shape[1]
   pad = lambda x, length: jnp.pad(x, ((0, 0), (0, -length % size), (0, 0), (0, 0)))
   query, key, value = pad(query, q_length), pad(key, kv_length), pad(value, kv_length)
-  spec = _spec(mesh)
+  spec = _spec(mesh, query.shape[0])
   body = functools.partial(_ulysses if method == "ulysses" else _ring, kv_length=kv_length, size=size,
                            scale=scale, implementation=implementation)
   out = jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
