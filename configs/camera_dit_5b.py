@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   # random_config: CogVideoX-5B-I2V's transformer config.json, used when --config.base.pipeline="" (timing with
   # random weights) and by `wonderland plan`.
   config.base = dict(pipeline="checkpoints/cogvideox-5b-i2v", seed=0, param_dtype="bfloat16", dtype="bfloat16",
-                     attention="xla", remat="full", random_config=dict(
+                     attention="xla", remat="full", sequence_parallel="none", random_config=dict(
                          num_attention_heads=48, attention_head_dim=64, in_channels=32, out_channels=16,
                          flip_sin_to_cos=True, freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=42,
                          attention_bias=True, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
@@ -54,4 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
                       keep_checkpoints=3, eval_every=0, nonfinite="skip", async_checkpoints=True)
   config.optimizer = dict(learning_rate=1e-4, warmup_steps=500, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
                           clip_norm=1.0, final_lr_fraction=1.0, schedule="cosine")
+  # Device mesh (wonderland_jax.parallel): "" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2";
+  # dcn: axis sizes across slices / nodes; rules: logical-axis rules (default parallel.DEFAULT_RULES).
+  config.parallel = dict(mesh="fsdp=-1", dcn="", rules=placeholder(list))
   return config

@@ -20,7 +20,9 @@ from wonderland_jax.train.camera_dit import COGVIDEOX_I2V_SCHEDULER
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # dtype / attention / remat / sequence_parallel: "" = the base's own setting.
   config.base = dict(pipeline="", seed=0, param_dtype="float32", dtype="", attention="", remat="",
+                     sequence_parallel="",
                      random_config=dict(num_attention_heads=2, attention_head_dim=32, in_channels=32, out_channels=16,
                                         time_embed_dim=64, text_embed_dim=32, num_layers=4, sample_height=4,
                                         sample_width=4, sample_frames=9, max_text_seq_length=8,
@@ -45,4 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
                       keep_checkpoints=3, eval_every=100, nonfinite="skip", async_checkpoints=True)
   config.optimizer = dict(learning_rate=1e-3, warmup_steps=30, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
                           clip_norm=1.0, final_lr_fraction=0.1, schedule="cosine")
+  # Device mesh (wonderland_jax.parallel): "" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2";
+  # dcn: axis sizes across slices / nodes; rules: logical-axis rules (default parallel.DEFAULT_RULES).
+  config.parallel = dict(mesh="", dcn="", rules=placeholder(list))
   return config

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = dict(latent_channels=16, patch_size=2, temporal_compression=4, spatial_compression=8,
                       pose_dim=1024, hidden_size=1024, num_layers=24, head_dim=64, mlp_ratio=4, gaussian_stride=16,
                       near=0.1, far=20.0, scale_bias=2.3, max_log_scale=-1.2, opacity_bias=2.0, dtype="bfloat16",
-                      attention="xla", remat="minimal")
+                      attention="xla", sequence_parallel="none", remat="minimal")
   config.vae = dict(checkpoint="checkpoints/cogvideox-5b-i2v/vae", seed=0, random_config=dict())
   config.data = dict(source="latents", encode_frames=False, num_frames=49, height=256, width=384,
                      num_target_seen=24, num_target_unseen=24, num_eval_scenes=100, eval_seed=1, shuffle_seed=0,
@@ -37,4 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
                       keep_checkpoints=3, eval_every=5000, nonfinite="skip", async_checkpoints=True)
   config.optimizer = dict(learning_rate=4e-4, warmup_steps=2000, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
                           clip_norm=1.0, final_lr_fraction=0.0, schedule="cosine")
+  # Device mesh (wonderland_jax.parallel): "" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2";
+  # dcn: axis sizes across slices / nodes; rules: logical-axis rules (default parallel.DEFAULT_RULES).
+  config.parallel = dict(mesh="fsdp=-1", dcn="", rules=placeholder(list))
   return config

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = dict(latent_channels=16, patch_size=1, temporal_compression=4, spatial_compression=8,
                       pose_dim=64, hidden_size=128, num_layers=4, head_dim=32, mlp_ratio=4, gaussian_stride=4,
                       near=0.5, far=8.0, scale_bias=2.3, max_log_scale=-1.2, opacity_bias=2.0, dtype="float32",
-                      attention="xla", remat="none")
+                      attention="xla", sequence_parallel="none", remat="none")
   config.vae = dict(checkpoint="", seed=0, random_config=dict(
       block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16,
       temporal_compression_ratio=4, sample_height=32, sample_width=32))
@@ -42,4 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
                       keep_checkpoints=3, eval_every=200, nonfinite="skip", async_checkpoints=True)
   config.optimizer = dict(learning_rate=2e-3, warmup_steps=50, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
                           clip_norm=1.0, final_lr_fraction=0.1, schedule="cosine")
+  # Device mesh (wonderland_jax.parallel): "" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2";
+  # dcn: axis sizes across slices / nodes; rules: logical-axis rules (default parallel.DEFAULT_RULES).
+  config.parallel = dict(mesh="", dcn="", rules=placeholder(list))
   return config

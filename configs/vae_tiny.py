@@ -24,4 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
                       keep_checkpoints=3, eval_every=200, nonfinite="skip", async_checkpoints=True)
   config.optimizer = dict(learning_rate=2e-3, warmup_steps=50, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
                           clip_norm=1.0, final_lr_fraction=0.1, schedule="cosine")
+  # Device mesh (wonderland_jax.parallel): "" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2";
+  # dcn: axis sizes across slices / nodes; rules: logical-axis rules (default parallel.DEFAULT_RULES).
+  config.parallel = dict(mesh="", dcn="", rules=placeholder(list))
   return config

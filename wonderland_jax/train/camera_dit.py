@@ -87,7 +87,8 @@ def load_base(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> CogVideoXTra
   directory = _pipeline_dir(config)
   del rngs  # the base's weights come from its checkpoint or its own seed
   # Compute settings from the config (the same params in any of them).
-  overrides = {key: config.base[key] for key in ("dtype", "attention", "remat") if config.base.get(key)}
+  overrides = {key: config.base[key] for key in ("dtype", "attention", "remat", "sequence_parallel")
+               if config.base.get(key)}
   if directory is None:
     return CogVideoXTransformer(DiTConfig.from_diffusers(config.base.random_config.to_dict(), **overrides),
                                 rngs=nnx.Rngs(int(config.base.seed)))

@@ -25,8 +25,14 @@ evaluation. The loop:
   * at the end, `task.export(model, workdir / "model")` writes the trained model (a `checkpoints.load`-able
     directory).
 
+With `parallel.mesh` set (e.g. 'fsdp=-1' or 'data=2,fsdp=4,context=2'), the state, the frozen params and the
+batches are sharded on that mesh by the params' logical axis names and `parallel.rules` (`wonderland_jax.parallel`),
+and the step is compiled for it; each process feeds its share of the batch. Checkpoints restore onto whatever
+mesh the resumed run has.
+
 Config keys used here: seed, train.{steps, batch_size, grad_accum, log_every, checkpoint_every,
-keep_checkpoints, eval_every, nonfinite, async_checkpoints}, optimizer.* (see `optim.py`).
+keep_checkpoints, eval_every, nonfinite, async_checkpoints}, optimizer.* (see `optim.py`), parallel.{mesh, dcn,
+rules} (optional).
 """
 
 from __future__ import annotations
@@ -249,16 +255,62 @@ def setup(task: Task, config: ml_collections.ConfigDict, *, abstract: bool = Fal
                    num_trainable=count(params), num_frozen=count(frozen), shardings=shardings)
 
 
+def training_mesh(config: ml_collections.ConfigDict):
+  """(mesh, rules) from `config.parallel` (mesh: axis sizes like 'fsdp=-1'; dcn: across slices / nodes; rules:
+  logical rules, default `parallel.DEFAULT_RULES`), or (None, None) to train on the default device."""
+  parallel = config.get("parallel")
+  if not parallel or not parallel.get("mesh"):
+    return None, None
+  from wonderland_jax.parallel import mesh as meshes  # noqa: PLC0415
+  mesh = meshes.make_mesh(parallel.mesh, dcn=parallel.get("dcn") or None)
+  return mesh, meshes.rules_from(parallel.get("rules"))
+
+
+def _batch_axes(mesh, rules) -> tuple:
+  from wonderland_jax.parallel.mesh import batch_sharding  # noqa: PLC0415
+  entry = batch_sharding(mesh, rules, 1).spec[0]
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _jit_step(prepared: StepSetup, mesh, rules):
+  """The jitted step; with a mesh: sharded in and out as `prepared.shardings`, the per-process batches assembled
+  into global arrays split over the batch axes, traced and run with the mesh set (sequence parallelism reads
+  it)."""
+  if mesh is None:
+    return jax.jit(prepared.step, donate_argnums=0)
+  from wonderland_jax.parallel import mesh as meshes  # noqa: PLC0415
+  state_shardings, frozen_shardings, rest_shardings = prepared.shardings
+  jitted = jax.jit(prepared.step, in_shardings=(state_shardings, frozen_shardings, rest_shardings, None),
+                   out_shardings=(state_shardings, meshes.replicated(mesh)), donate_argnums=0)
+
+  def run(state, frozen, rest, batch):
+    batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        meshes.batch_sharding(mesh, rules, np.ndim(x)), np.asarray(x)), batch)
+    with jax.set_mesh(mesh):
+      return jitted(state, frozen, rest, batch)
+
+  return run
+
+
 def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   """Trains (or resumes) `task` in `workdir`; see the module docstring."""
   check_config(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   total_steps = int(config.train.steps)
-  prepared = setup(task, config)
+  mesh, rules = training_mesh(config)
+  prepared = setup(task, config, mesh=mesh, rules=rules)
   graphdef, state, frozen, rest = prepared.graphdef, prepared.state, prepared.frozen, prepared.rest
   logger.info("%s: %s trainable params, %s frozen", task.name, f"{prepared.num_trainable:,}",
               f"{prepared.num_frozen:,}")
+  if mesh is not None:
+    batch_devices = int(np.prod([mesh.shape[axis] for axis in _batch_axes(mesh, rules)]))
+    if int(config.train.batch_size) % batch_devices:
+      raise WonderlandError(f"--config.train.batch_size={config.train.batch_size} does not split over the "
+                            f"{batch_devices} devices of the batch axes of --config.parallel.mesh="
+                            f"{config.parallel.mesh} ({dict(mesh.shape)})")
+    state, frozen, rest = jax.device_put((state, frozen, rest), prepared.shardings)
+    logger.info("%s: training on the mesh %s (%d processes)", task.name, dict(mesh.shape), jax.process_count())
   iterator = task.make_iterator(config)
 
   manager = _checkpoint_manager(workdir / "checkpoints", config)
@@ -268,7 +320,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
     state = _restore(manager, latest, state, iterator, workdir)
   else:
     write_json(workdir / "config.json", config.to_dict())
-  step_fn = jax.jit(prepared.step, donate_argnums=0)
+  step_fn = _jit_step(prepared, mesh, rules)
   schedule = learning_rate_schedule(config.optimizer, total_steps)
 
   writer = MetricWriter(workdir)
