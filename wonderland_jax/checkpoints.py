@@ -24,6 +24,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -225,12 +226,36 @@ def save(directory: str | os.PathLike, model_or_params: Any, *, kind: str, confi
     description = json.dumps({"format": FORMAT, "kind": kind, "config": config, "metadata": metadata}, indent=2)
   except (TypeError, ValueError) as e:
     raise WonderlandError(f"{directory}: config / metadata are not JSON-serialisable: {e}") from e
-  with atomic_directory(directory) as staging:
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(staging / PARAMS_DIR, params)
-    (staging / MODEL_JSON).write_text(description + "\n", encoding="utf-8")
+  if jax.process_count() > 1:
+    _save_multiprocess(directory, params, description)
+  else:
+    with atomic_directory(directory) as staging:
+      with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(staging / PARAMS_DIR, params)
+      (staging / MODEL_JSON).write_text(description + "\n", encoding="utf-8")
   logger.info("saved %s checkpoint to %s", kind, directory)
   return directory
+
+
+def _save_multiprocess(directory: Path, params, description: str) -> None:
+  """Every process writes its shards into one staging directory (an Orbax collective save); process 0 adds
+  the description and renames it into place; all wait for that."""
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  staging = directory.with_name(f".{directory.name}.tmp-multiprocess")
+  if jax.process_index() == 0:
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+  multihost_utils.sync_global_devices(f"wonderland save {directory}: staging")
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(staging.absolute() / PARAMS_DIR, params)
+  if jax.process_index() == 0:
+    (staging / MODEL_JSON).write_text(description + "\n", encoding="utf-8")
+    old = directory.with_name(f".{directory.name}.old-multiprocess")
+    if directory.exists():
+      os.replace(directory, old)
+    os.replace(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)
+  multihost_utils.sync_global_devices(f"wonderland save {directory}: done")
 
 
 # Loading -------------------------------------------------------------------------------------------------

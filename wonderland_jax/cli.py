@@ -179,8 +179,10 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
   from wonderland_jax.train.config import load_config  # noqa: PLC0415 (keeps `wonderland render` light)
+  from wonderland_jax.parallel import initialize  # noqa: PLC0415
   from wonderland_jax.train.loop import train  # noqa: PLC0415
   from wonderland_jax.train.tasks import make_task  # noqa: PLC0415
+  initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
   config = load_config(args.config, args.overrides)
   task = make_task(args.model, config)
   result = train(task, config, args.workdir)
@@ -378,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a config file (configs/lalrm_tiny.py) or the name of one in configs/")
   training.add_argument("--workdir", required=True,
                         help="checkpoints/, tensorboard/, metrics.jsonl, config.json and the final model/")
+  training.add_argument("--coordinator", default=None,
+                        help="multi-process jobs: host:port of process 0 (SLURM and Cloud TPU pods are detected "
+                             "without it; see docs/parallel.md)")
+  training.add_argument("--num-processes", type=int, default=None, help="with --coordinator: number of processes")
+  training.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process's index")
   training.set_defaults(run=_train, accepts_overrides=True)
 
   planning = commands.add_parser(

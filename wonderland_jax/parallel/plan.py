@@ -95,7 +95,11 @@ class Plan:
     return "\n".join(lines)
 
 
-def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None) -> Plan:
+# CPU compiler options for plans: no LLVM optimisation of the generated code (never run).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None, *, fast_compile: bool = True) -> Plan:
   """Lowers and compiles `task`'s training step for `mesh` with abstract inputs; see the module docstring."""
   from wonderland_jax.train.loop import setup  # noqa: PLC0415
   if task.abstract_batch is None:
@@ -110,7 +114,9 @@ def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None) -> 
                  out_shardings=(state_shardings, None), donate_argnums=0)
   logger.info("plan: compiling the %s step for %d devices (mesh %s)", task.name, device_count(mesh), dict(mesh.shape))
   with jax.set_mesh(mesh):
-    compiled = step.lower(prepared.state, prepared.frozen, prepared.rest, batch).compile()
+    lowered = step.lower(prepared.state, prepared.frozen, prepared.rest, batch)
+  # Only XLA's buffer assignment and cost analysis are read: skip the CPU backend's costly code optimisation.
+  compiled = lowered.compile(FAST_COMPILE if fast_compile else None)
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

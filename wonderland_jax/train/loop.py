@@ -100,6 +100,13 @@ class TrainResult:
   last_metrics: dict
 
 
+def _host_scalar(value) -> float:
+  """A replicated scalar as a float (on several processes a global array is read from a local copy)."""
+  if isinstance(value, jax.Array) and not value.is_fully_addressable:
+    value = value.addressable_data(0)
+  return float(jax.device_get(value))
+
+
 def _batch_size(batch: dict) -> int:
   return int(jax.tree.leaves(batch)[0].shape[0])
 
@@ -318,7 +325,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
   if latest is not None:
     logger.info("%s: resuming from the checkpoint at step %d in %s", task.name, latest, workdir)
     state = _restore(manager, latest, state, iterator, workdir)
-  else:
+  elif jax.process_index() == 0:
     write_json(workdir / "config.json", config.to_dict())
   step_fn = _jit_step(prepared, mesh, rules)
   schedule = learning_rate_schedule(config.optimizer, total_steps)
@@ -340,7 +347,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
                               f"process(es) means {per_process_batch} per process")
       state, metrics = step_fn(state, frozen, rest, batch)
       step += 1
-      metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+      metrics = {name: _host_scalar(value) for name, value in metrics.items()}
       if metrics.pop("finite") < 1:
         skipped += 1
         message = (f"{task.name}: step {step}: non-finite loss ({metrics['loss']}) or gradient norm "
