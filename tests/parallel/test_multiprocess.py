@@ -1,9 +1,8 @@
-"""Two local processes (2 CPU devices each) on 127.0.0.1 train the tiny LaLRM and the tiny camera DiT on a
+"""Two local processes (2 CPU devices each, started by launch/local.py) on 127.0.0.1 train the tiny LaLRM and the tiny camera DiT on a
 4-device FSDP mesh, checkpoint and export together; the checkpoint then restores in this process onto an
 8-device mesh of another shape with the same values."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +27,6 @@ RUNS = {
 CONFIGS = {"lalrm": "lalrm_tiny", "camera-dit": "camera_dit_tiny"}
 
 
-def _free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
 def _exported(model, directory):
   if model == "lalrm":
     loaded = checkpoints.load(directory / "model")
@@ -45,21 +38,18 @@ def _exported(model, directory):
 @pytest.mark.parametrize("model", ["lalrm", "camera-dit"])
 def test_two_processes_train_and_the_checkpoint_restores_on_another_mesh(tmp_path, model):
   workdir = tmp_path / "run"
-  port = _free_port()
-  environment = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-                     XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  command = [sys.executable, "-m", "wonderland_jax.cli", "train", model, "--config", CONFIGS[model], "--workdir",
-             str(workdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+  command = [sys.executable, str(REPO / "launch" / "local.py"), "--processes", "2", "--devices-per-process", "2",
+             "--", "wonderland", "train", model, "--config", CONFIGS[model], "--workdir", str(workdir),
              "--config.parallel.mesh=fsdp=4", "--config.train.steps=2", "--config.train.checkpoint_every=2",
              *RUNS[model]]
-  processes = [subprocess.Popen([*command, "--process-id", str(i)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=environment, cwd=tmp_path)
-               for i in range(2)]
-  outputs = [process.communicate(timeout=600)[0] for process in processes]
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output
-  assert "process 0 of 2" in outputs[0] and "4 global devices" in outputs[0]
-  assert "trained 2 steps" in outputs[0] and "trained 2 steps" not in outputs[1]  # logs from process 0 only
+  result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          cwd=tmp_path, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  lines = result.stdout.splitlines()
+  assert any(line.startswith("[0]") and "process 0 of 2" in line and "4 global devices" in line for line in lines)
+  # Logs from process 0 only.
+  assert any(line.startswith("[0]") and "trained 2 steps" in line for line in lines)
+  assert not any(line.startswith("[1]") and "trained 2 steps" in line for line in lines)
   exported = _exported(model, workdir)
   (workdir / "model").rename(tmp_path / "first_export")
   # This process: 8 devices as (data=2, fsdp=2, tensor=2); the run is complete, so it restores and exports.
