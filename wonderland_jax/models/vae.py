@@ -29,6 +29,7 @@ from flax import nnx
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
+from wonderland_jax.nn.partitioning import axes, param_init_context
 
 Cache = dict[str, Any]
 
@@ -128,12 +129,21 @@ def resize_nearest(x: jax.Array, size: tuple[int, ...], axes: tuple[int, ...]) -
   return x
 
 
+# The logical name of the convolutions' output channels (and the norms' channels): not in the default sharding
+# rules (the VAE is replicated; add ('channels', 'fsdp') to the rules to shard it).
+CHANNELS = "channels"
+
+
+def _conv_axes(spatial_dims: int, channel_axis: str | None = CHANNELS) -> dict:
+  return dict(kernel_metadata=axes(*([None] * (spatial_dims + 1)), channel_axis), bias_metadata=axes(channel_axis))
+
+
 class GroupNorm(nnx.Module):
   """torch.nn.GroupNorm over (T, H, W, C // groups), channels-last, computed in float32."""
 
   def __init__(self, num_channels: int, num_groups: int, eps: float, *, rngs: nnx.Rngs):
     self.norm = nnx.GroupNorm(num_channels, num_groups, epsilon=eps, dtype=jnp.float32, use_fast_variance=False,
-                              rngs=rngs)
+                              scale_metadata=axes(CHANNELS), bias_metadata=axes(CHANNELS), rngs=rngs)
 
   def __call__(self, x):
     return self.norm(x.astype(jnp.float32)).astype(x.dtype)
@@ -161,7 +171,8 @@ class Conv3d(nnx.Module):
   """A plain 1x1x1 3D convolution (diffusers' CogVideoXSafeConv3d as used here), `kernel` (1, 1, 1, I, O)."""
 
   def __init__(self, in_channels, out_channels, *, dtype, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(in_channels, out_channels, (1, 1, 1), padding="VALID", dtype=dtype, rngs=rngs)
+    self.conv = nnx.Conv(in_channels, out_channels, (1, 1, 1), padding="VALID", dtype=dtype, rngs=rngs,
+                         **_conv_axes(3))
 
   def __call__(self, x):
     return conv3d(x, self.conv, 0)
@@ -171,9 +182,11 @@ class CausalConv3d(nnx.Module):
   """CogVideoXCausalConv3d: time padded on the past with the cache (first chunk: the first frame repeated),
   space zero-padded. Returns (output, new cache); the cache is the last (k_t - 1) input frames."""
 
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dtype, rngs: nnx.Rngs,
+               channel_axis: str | None = CHANNELS):
     self.time_kernel = kernel_size
-    self.conv = nnx.Conv(in_channels, out_channels, (kernel_size,) * 3, padding="VALID", dtype=dtype, rngs=rngs)
+    self.conv = nnx.Conv(in_channels, out_channels, (kernel_size,) * 3, padding="VALID", dtype=dtype, rngs=rngs,
+                         **_conv_axes(3, channel_axis))
 
   def __call__(self, x, cache=None):
     pad = (self.time_kernel - 1) // 2
@@ -241,7 +254,8 @@ class Downsample3D(nnx.Module):
   kept), then a stride-2 3x3 conv2d per frame on the input padded by one pixel at the right and bottom."""
 
   def __init__(self, channels: int, compress_time: bool, *, dtype, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(channels, channels, (3, 3), strides=2, padding="VALID", dtype=dtype, rngs=rngs)
+    self.conv = nnx.Conv(channels, channels, (3, 3), strides=2, padding="VALID", dtype=dtype, rngs=rngs,
+                         **_conv_axes(2))
     self.compress_time = compress_time
 
   def __call__(self, x):
@@ -265,7 +279,8 @@ class Upsample3D(nnx.Module):
   frame single), then a 3x3 conv2d per frame (padding 1)."""
 
   def __init__(self, channels: int, compress_time: bool, *, dtype, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(channels, channels, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
+    self.conv = nnx.Conv(channels, channels, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs,
+                         **_conv_axes(2))
     self.compress_time = compress_time
 
   def __call__(self, x):
@@ -367,7 +382,8 @@ class Decoder3D(nnx.Module):
                   add_upsample=i < len(channels) - 1, compress_time=i < compress_levels, dtype=dtype, rngs=rngs)
         for i in range(len(channels))])
     self.norm_out = SpatialNorm3D(channels[-1], zq_dim, groups, dtype=dtype, rngs=rngs)
-    self.conv_out = CausalConv3d(channels[-1], config.out_channels, 3, dtype=dtype, rngs=rngs)
+    self.conv_out = CausalConv3d(channels[-1], config.out_channels, 3, dtype=dtype, rngs=rngs,
+                                 channel_axis=None)  # RGB
 
   def __call__(self, z, cache: Cache | None = None):
     cache = cache or {}
@@ -453,8 +469,9 @@ class CogVideoXVAE(nnx.Module):
 
   def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.encoder = Encoder3D(config, rngs=rngs)
-    self.decoder = Decoder3D(config, rngs=rngs)
+    with param_init_context():
+      self.encoder = Encoder3D(config, rngs=rngs)
+      self.decoder = Decoder3D(config, rngs=rngs)
     # diffusers sizes these with out_channels (not latent_channels); kept identical for checkpoint parity.
     self.quant_conv = (Conv3d(2 * config.out_channels, 2 * config.out_channels, dtype=config.dtype, rngs=rngs)
                        if config.use_quant_conv else None)
