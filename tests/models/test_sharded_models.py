@@ -15,6 +15,7 @@ from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig
 from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.models.t5 import T5Config, T5Encoder
 from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
+from wonderland_jax.nn.partitioning import activation_rules
 from wonderland_jax.parallel.mesh import DEFAULT_RULES, make_mesh
 
 RULES = [("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"), ("channels", "tensor")]
@@ -127,3 +128,19 @@ def test_context_parallel_forward_equals_single_device(tmp_path, name, method, m
   with jax.set_mesh(mesh):
     out = nnx.jit(lambda module, *args: module(*args))(loaded, *(jnp.asarray(x) for x in inputs))
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_main_activations_are_constrained_only_under_rules_and_a_mesh():
+  model, _, _, inputs = MODELS["lalrm"]()
+  # A fresh function per trace: JAX caches traces by function and mesh, not by the rules context.
+  trace = lambda: jax.make_jaxpr(lambda *args: model(*args))(*inputs)
+  count = lambda jaxpr: str(jaxpr).count("sharding_constraint")
+  plain = trace()
+  mesh = make_mesh("data=2,context=4")
+  with jax.set_mesh(mesh):
+    no_rules = trace()
+    with activation_rules(DEFAULT_RULES):
+      constrained = trace()
+  assert count(plain) == count(no_rules) == 0
+  assert count(constrained) == 1 + 2  # the input tokens and after each of the 2 blocks
+  assert "spec=P(('data', 'fsdp'), 'context', None)" in str(constrained)  # batch over data (x fsdp = 1), tokens over context

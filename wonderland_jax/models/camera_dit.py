@@ -35,7 +35,7 @@ from flax import nnx
 from wonderland_jax import checkpoints
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig, Linear, run_block
-from wonderland_jax.nn.partitioning import axes, param_init_context
+from wonderland_jax.nn.partitioning import axes, constrain, param_init_context
 from wonderland_jax.nn.remat import rematerialized
 
 BRANCHES = ("dual", "controlnet", "lora")
@@ -215,6 +215,7 @@ class CameraDiT(nnx.Module):
       if camera.controlnet and index < camera.controlnet_layers:
         control_video, control_text = run(self.control_blocks[index], control_video, control_text, emb, rotary)
         video = video + self.control_out[index](control_video).astype(video.dtype)
+      video = constrain(video, "batch", "length", None)
     return base.unpatchify(video, emb, latents.shape)
 
 

@@ -31,7 +31,7 @@ from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import IMPLEMENTATIONS
 from wonderland_jax.nn.sequence_parallel import METHODS as SEQUENCE_PARALLEL
 from wonderland_jax.nn.sequence_parallel import sequence_parallel_attention
-from wonderland_jax.nn.partitioning import axes, param_init_context
+from wonderland_jax.nn.partitioning import axes, constrain, param_init_context
 from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
 
 
@@ -428,6 +428,7 @@ class CogVideoXTransformer(nnx.Module):
     run = rematerialized(run_block, self.config.remat)
     for block in self.transformer_blocks:
       video, text = run(block, video, text, emb, rotary)
+      video = constrain(video, "batch", "length", None)
     return self.unpatchify(video, emb, latents.shape)
 
   def embed(self, latents: jax.Array, text_embeddings: jax.Array, timestep: jax.Array, ofs: jax.Array | None = None):
@@ -453,6 +454,7 @@ class CogVideoXTransformer(nnx.Module):
     hidden = self.patch_embed(text_embeddings.astype(dtype), latents.astype(dtype))
     text_length = text_embeddings.shape[1]
     text, video = hidden[:, :text_length], hidden[:, text_length:]
+    video = constrain(video, "batch", "length", None)
     return video, text, emb, self.rotary(frames, height, width)
 
   def unpatchify(self, video: jax.Array, emb: jax.Array, latents_shape: tuple) -> jax.Array:

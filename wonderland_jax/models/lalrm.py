@@ -43,7 +43,7 @@ from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import IMPLEMENTATIONS
 from wonderland_jax.nn.sequence_parallel import METHODS as SEQUENCE_PARALLEL
 from wonderland_jax.nn.sequence_parallel import sequence_parallel_attention
-from wonderland_jax.nn.partitioning import param_init_context, partitioned
+from wonderland_jax.nn.partitioning import constrain, param_init_context, partitioned
 from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
 from jax.ad_checkpoint import checkpoint_name
 from wonderland_jax.splat.gaussians import Gaussians
@@ -221,9 +221,10 @@ class LaLRM(nnx.Module):
     pose = self.pose_embed(jnp.concatenate([padding, plucker], axis=1).astype(dtype))
     pose_tokens = einops.rearrange(pose, "b t h w c -> b (t h w) c")
     x = self.input_proj(jnp.concatenate([latent_tokens, pose_tokens.astype(dtype)], axis=-1))
+    x = constrain(x, "batch", "length", None)
     block_fn = rematerialized(_run_block, config.remat)
     for block in self.blocks:
-      x = block_fn(block, x)
+      x = constrain(block_fn(block, x), "batch", "length", None)
     x = self.deconv(_norm(self.norm_out, x)).astype(jnp.float32)
     gaussian_map = einops.rearrange(x, "b (t h w) (a p q c) -> b (t a) (h p) (w q) c", t=t, h=h // p, w=w // p,
                                     a=config.temporal_compression, p=s, q=s)

@@ -20,6 +20,7 @@ import jax
 import ml_collections
 
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.nn.partitioning import activation_rules
 from wonderland_jax.parallel.mesh import batch_sharding, device_count, rules_from
 
 logger = logging.getLogger("wonderland_jax")
@@ -113,7 +114,7 @@ def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None, *, 
   step = jax.jit(prepared.step, in_shardings=(state_shardings, frozen_shardings, rest_shardings, batch_shardings),
                  out_shardings=(state_shardings, None), donate_argnums=0)
   logger.info("plan: compiling the %s step for %d devices (mesh %s)", task.name, device_count(mesh), dict(mesh.shape))
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), activation_rules(rules):
     lowered = step.lower(prepared.state, prepared.frozen, prepared.rest, batch)
   # Only XLA's buffer assignment and cost analysis are read: skip the CPU backend's costly code optimisation.
   compiled = lowered.compile(FAST_COMPILE if fast_compile else None)

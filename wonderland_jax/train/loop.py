@@ -285,6 +285,7 @@ def _jit_step(prepared: StepSetup, mesh, rules):
   it)."""
   if mesh is None:
     return jax.jit(prepared.step, donate_argnums=0)
+  from wonderland_jax.nn.partitioning import activation_rules  # noqa: PLC0415
   from wonderland_jax.parallel import mesh as meshes  # noqa: PLC0415
   state_shardings, frozen_shardings, rest_shardings = prepared.shardings
   jitted = jax.jit(prepared.step, in_shardings=(state_shardings, frozen_shardings, rest_shardings, None),
@@ -293,7 +294,7 @@ def _jit_step(prepared: StepSetup, mesh, rules):
   def run(state, frozen, rest, batch):
     batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(
         meshes.batch_sharding(mesh, rules, np.ndim(x)), np.asarray(x)), batch)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), activation_rules(rules):
       return jitted(state, frozen, rest, batch)
 
   return run
