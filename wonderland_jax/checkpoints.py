@@ -33,6 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from flax.core import spmd
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from wonderland_jax.errors import InputFileError, WonderlandError
@@ -378,6 +379,9 @@ def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
   `WonderlandError` for an unknown kind.
   """
   directory = Path(directory)
+  if mesh is None and not jax.sharding.get_mesh().empty:  # inside `parallel.building_on(mesh, rules)`
+    mesh = jax.sharding.get_mesh()
+    rules = rules if rules is not None else spmd.get_logical_axis_rules()
   kind, config, _ = read_description(directory)
   build = model_builder(kind)
   abstract = abstract_model(build, config)

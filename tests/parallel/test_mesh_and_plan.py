@@ -105,3 +105,19 @@ def test_plan_command_on_the_tiny_camera_dit(tmp_path):
   assert plan["devices"] == 4 and plan["mesh"]["fsdp"] == 4 and plan["global_batch"] == 4
   assert plan["flops"] > 0 and plan["argument_bytes"] > 0 and plan["fits"] and plan["accelerator"] == "TPU v5e"
   assert main(["plan", "--config", "camera_dit_tiny", "--mesh", "fsdp=-1"]) == 2
+
+
+def test_params_are_born_sharded_and_checkpoints_restore_onto_the_building_mesh(tmp_path):
+  from wonderland_jax import checkpoints  # noqa: PLC0415
+  from wonderland_jax.parallel.mesh import building_on  # noqa: PLC0415
+  from wonderland_jax.train.loop import setup  # noqa: PLC0415
+  mesh = make_mesh("fsdp=4,tensor=2")
+  prepared = setup(_task(), _config(), mesh=mesh)
+  kernel = prepared.state.params["up"]["kernel"]
+  assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor") and kernel.addressable_shards[0].data.shape == (16, 128)
+  lalrm = {"hidden_size": 32, "pose_dim": 16, "num_layers": 1, "head_dim": 16, "patch_size": 2, "gaussian_stride": 16}
+  checkpoints.save(tmp_path / "lalrm", checkpoints.model_builder("lalrm")(lalrm, nnx.Rngs(0)), kind="lalrm",
+                   config=lalrm)
+  with building_on(mesh, DEFAULT_RULES):
+    loaded = checkpoints.load(tmp_path / "lalrm")
+  assert loaded.blocks[0].mlp.fc1.kernel[...].sharding.spec == PartitionSpec("fsdp", "tensor")

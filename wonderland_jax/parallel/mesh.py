@@ -10,16 +10,21 @@ match whose mesh axes are still free wins (`checkpoints.logical_to_mesh_spec`). 
 'fsdp' (params' embed dim), tensor parallelism over 'tensor' (heads, MLP, vocab), batch over 'data' x 'fsdp'
 and the token axis over 'context'; with axes of size 1 the same rules mean plain data parallelism, so FSDP,
 tensor and context parallelism are mesh-shape changes in the config.
+
+`building_on(mesh, rules)`: models built inside it get their params sharded as they are created (Flax's eager
+sharding with these rules), and `checkpoints.load` inside it restores straight onto the mesh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
+from flax.core import spmd
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -35,6 +40,7 @@ DEFAULT_RULES: tuple = (
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
+    ("channels", None),  # the VAE's convolutions: replicated
 )
 
 
@@ -145,3 +151,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def device_count(mesh: Mesh) -> int:
   return int(np.prod(list(mesh.shape.values())))
+
+
+@contextlib.contextmanager
+def building_on(mesh: Mesh, rules):
+  """Params created inside are born sharded on `mesh` by `rules` (see the module docstring)."""
+  with jax.set_mesh(mesh), spmd.logical_axis_rules(tuple(rules)):
+    yield

@@ -230,7 +230,14 @@ def setup(task: Task, config: ml_collections.ConfigDict, *, abstract: bool = Fal
   With a `mesh`, `shardings` places the train state (optimizer moments like their params), the frozen params
   and the other variables by `rules` (default `parallel.DEFAULT_RULES`)."""
   build = lambda: task.build_model(config, nnx.Rngs(int(config.seed)))
-  model = nnx.eval_shape(build) if abstract else build()
+  if abstract:
+    model = nnx.eval_shape(build)
+  elif mesh is not None:  # params born sharded, checkpoints restored onto the mesh
+    from wonderland_jax.parallel.mesh import DEFAULT_RULES, building_on  # noqa: PLC0415
+    with building_on(mesh, DEFAULT_RULES if rules is None else rules):
+      model = build()
+  else:
+    model = build()
   graphdef, trainable_state, frozen_state, rest = nnx.split(model, task.trainable, nnx.Param, ...)
   params = nnx.to_pure_dict(trainable_state)
   if not jax.tree.leaves(params):
