@@ -43,16 +43,16 @@ def _branch(directory):
 
 
 def test_trains_resumes_and_exports(tmp_path):
-  config = load_config("camera_dit_tiny", [f"--config.train.steps={40}", *TINY])
+  config = load_config("camera_dit_tiny", ["--config.train.steps=30", *TINY])
   initial = trainer.evaluate_loss(trainer.CameraDiTTrainee(config, nnx.Rngs(0)), _held_out(config), config,
                                   make_tables(trainer.scheduler_config(config)))
   straight = tmp_path / "straight"
-  assert _train(straight, 40, "--config.train.eval_every=40", "--config.train.checkpoint_every=20") == 0
+  assert _train(straight, 30, "--config.train.eval_every=30", "--config.train.checkpoint_every=15") == 0
   final = _eval_records(straight)[-1]
-  assert final["step"] == 40
+  assert final["step"] == 30
   assert final["eval/v_mse"] < 0.8 * initial["v_mse"], (initial, final)
   # The checkpoint holds the branch params and Adam's two moments for them: nothing of the frozen base.
-  state = ocp.StandardCheckpointer().restore((straight / "checkpoints" / "40" / "state").absolute())
+  state = ocp.StandardCheckpointer().restore((straight / "checkpoints" / "30" / "state").absolute())
   num_params = sum(np.size(x) for x in jax.tree.leaves(state["params"]))
   num_moments = sum(np.size(x) for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x) > 0)
   assert num_moments == 2 * num_params
@@ -61,12 +61,12 @@ def test_trains_resumes_and_exports(tmp_path):
   exported = _branch(straight / "model")
   assert {key.split("/")[0] for key in _flat_keys(exported)} == {"base", "control_blocks", "control_encoder",
                                                                  "control_out", "lora_encoder", "lora_proj"}
-  # Resume: the run restarted from its step-20 checkpoint ends with the same branch params.
+  # Resume: the run restarted from its step-15 checkpoint ends with the same branch params.
   resumed = tmp_path / "resumed"
   shutil.copytree(straight, resumed)
-  shutil.rmtree(resumed / "checkpoints" / "40")
+  shutil.rmtree(resumed / "checkpoints" / "30")
   shutil.rmtree(resumed / "model")
-  assert _train(resumed, 40, "--config.train.eval_every=0", "--config.train.checkpoint_every=20") == 0
+  assert _train(resumed, 30, "--config.train.eval_every=0", "--config.train.checkpoint_every=15") == 0
   jax.tree.map(np.testing.assert_array_equal, _branch(resumed / "model"), exported)
 
 
