@@ -5,6 +5,8 @@
   wonderland convert vae --src CogVideoX-5b --out checkpoints/vae --dtype bfloat16
   wonderland generate-video --model checkpoints/cogvideox-5b-i2v --branch runs/camera_dit/model --image in.png \
       --trajectory orbit --out video.mp4
+  wonderland generate --model checkpoints/cogvideox-5b-i2v --branch runs/camera_dit/model \
+      --lalrm runs/lalrm/model --image in.png --trajectory orbit --out scene_out/
 
 Errors a user can fix (bad flags, missing or malformed files) print one line and exit with status 2.
 """
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -27,7 +30,8 @@ from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
 from wonderland_jax.demo import run_demo
 from wonderland_jax.diffusion.pipeline import VideoPipeline, resize_image
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.io_utils import VIDEO_EXTENSIONS, atomic_path, read_image, write_png_dir, write_video
+from wonderland_jax.io_utils import (VIDEO_EXTENSIONS, atomic_directory, atomic_path, read_image, write_json,
+                                     write_png_dir, write_video)
 from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 
@@ -87,9 +91,7 @@ def _render(args: argparse.Namespace) -> None:
       cameras = fitted_trajectory(gaussians, args.trajectory, args.frames, width, height, fov_deg=args.fov,
                                   **parameters)
   else:
-    if not os.path.exists(args.trajectory):
-      raise WonderlandError(f"--trajectory {args.trajectory!r} is neither a preset ({', '.join(PRESETS)}) "
-                            "nor an existing pose file")
+    _check_trajectory(args.trajectory)
     cameras = read_pose_file(args.trajectory, *(args.size or (None, None))).cameras
     if args.frames < len(cameras):
       cameras = cameras[np.linspace(0, len(cameras) - 1, args.frames).round().astype(int)]
@@ -106,10 +108,15 @@ def _render(args: argparse.Namespace) -> None:
 
 
 def _load_for_video(args: argparse.Namespace, load):
-  """`sample` / `generate-video`: checks --out, reads --image, loads the pipeline with `load()`; returns (the
-  pipeline, the first frame resized to the video size: --size or the model's)."""
+  """`sample` / `generate-video`: checks --out, then `_load_with_image`."""
   if Path(args.out).suffix.lower() not in VIDEO_EXTENSIONS:
     raise WonderlandError(f"--out {args.out}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
+  return _load_with_image(args, load)
+
+
+def _load_with_image(args: argparse.Namespace, load):
+  """Reads --image, loads the pipeline with `load()`; returns (the pipeline, the first frame resized to the
+  video size: --size or the model's)."""
   image = read_image(args.image)
   pipe = load()
   height, width = (args.size[1], args.size[0]) if args.size else pipe.default_size
@@ -151,16 +158,65 @@ def _video_trajectory(args: argparse.Namespace, width: int, height: int):
   return cameras
 
 
+def _check_trajectory(trajectory: str) -> None:
+  if trajectory not in PRESETS and not os.path.exists(trajectory):
+    raise WonderlandError(f"--trajectory {trajectory!r} is neither a preset ({', '.join(PRESETS)}) "
+                          "nor an existing pose file")
+
+
 def _generate_video(args: argparse.Namespace) -> None:
   from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline  # noqa: PLC0415 (keeps the CLI light)
-  if args.trajectory not in PRESETS and not os.path.exists(args.trajectory):
-    raise WonderlandError(f"--trajectory {args.trajectory!r} is neither a preset ({', '.join(PRESETS)}) "
-                          "nor an existing pose file")
+  _check_trajectory(args.trajectory)
   pipe, image = _load_for_video(
       args, lambda: CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora))
   cameras = _video_trajectory(args, image.shape[1], image.shape[0])
   latents, frames = pipe.generate(image, args.prompt, cameras, **_sampling_options(args, len(cameras)))
   _write_video_outputs(args, latents, frames)
+
+
+SCENE_OUTPUTS = ("scene.ply", "flythrough.mp4", "novel_orbit.mp4", "latents.npz", "report.json")
+
+
+def _generate(args: argparse.Namespace) -> None:
+  from wonderland_jax.pipeline import WonderlandPipeline, generate_scene, peak_rss_bytes  # noqa: PLC0415
+  from wonderland_jax.splat import save_ply  # noqa: PLC0415
+  started = time.perf_counter()
+  out = Path(args.out)
+  if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
+    raise WonderlandError(f"--out {out}: exists and is not an empty directory; pass --overwrite to replace it")
+  _check_trajectory(args.trajectory)
+  models, image = _load_with_image(
+      args, lambda: WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora))
+  seconds = {"loading": time.perf_counter() - started}
+  cameras = _video_trajectory(args, image.shape[1], image.shape[0])
+  gaussians, extras = generate_scene(models, image, cameras, args.prompt, **_sampling_options(args, len(cameras)),
+                                     decode_video=args.decode_video)
+  seconds.update(extras["seconds"])
+  rebased = extras["cameras"]  # the input path in the scene's frame and units, at the video size
+  fov_deg = float(np.degrees(2 * np.arctan(rebased.width / (2 * float(rebased.K[0, 0, 0])))))
+  paths = {"flythrough.mp4": rebased,
+           "novel_orbit.mp4": fitted_trajectory(gaussians, "orbit", len(cameras), rebased.width, rebased.height,
+                                                fov_deg=fov_deg)}
+  names = SCENE_OUTPUTS + (("video.mp4",) if args.decode_video else ())
+  with atomic_directory(out) as staging:
+    save_ply(staging / "scene.ply", gaussians)
+    # scaled_latents: the diffusion space the LaLRM reads (`generate-video --latents` writes `latents`, unscaled).
+    np.savez(staging / "latents.npz", scaled_latents=np.asarray(extras["latents"]),
+             viewmats=np.asarray(rebased.viewmat), intrinsics=np.asarray(rebased.K))
+    if args.decode_video:
+      write_video(staging / "video.mp4", extras["frames"], fps=args.fps)
+    for name, path in paths.items():
+      start = time.perf_counter()
+      write_video(staging / name, render_frames(gaussians, path, desc=f"rendering {name}"), fps=args.fps)
+      seconds[Path(name).stem] = time.perf_counter() - start
+    inputs = {key: value for key, value in vars(args).items()
+              if key not in ("run", "argv", "overrides", "accepts_overrides", "command", "verbose")}
+    write_json(staging / "report.json", dict(
+        inputs=inputs, outputs={name: str(out / name) for name in names}, seconds=seconds,
+        total_seconds=time.perf_counter() - started, peak_rss_bytes=peak_rss_bytes(), num_gaussians=gaussians.num,
+        pose_scale=extras["pose_scale"], device=jax.devices()[0].platform))
+  print(f"wonderland generate: {gaussians.num} Gaussians in {time.perf_counter() - started:.0f}s; wrote "
+        f"{', '.join(names)} to {out}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -220,7 +276,20 @@ def _plan(args: argparse.Namespace) -> None:
   name = args.model or task_name(config)
   config = planning_config(name, config)
   mesh = make_mesh(args.mesh, dcn=args.dcn or None, devices=jax.devices()[:devices])
-  plan = plan_training(make_task(name, config), config, mesh)
+  if args.extrapolate:
+    from wonderland_jax.parallel.plan import plan_extrapolated  # noqa: PLC0415
+    from wonderland_jax.train.tasks import DEPTH_KEYS  # noqa: PLC0415
+    if name not in DEPTH_KEYS:
+      raise WonderlandError(f"--extrapolate: no depth keys known for {name}")
+    try:
+      depths = tuple(int(v) for v in args.extrapolate.split(","))
+    except ValueError:
+      raise WonderlandError(f"--extrapolate {args.extrapolate!r}: two block counts like 2,4") from None
+    if len(depths) != 2:
+      raise WonderlandError(f"--extrapolate {args.extrapolate!r}: two block counts like 2,4")
+    plan = plan_extrapolated(lambda c: make_task(name, c), config, mesh, DEPTH_KEYS[name], depths)
+  else:
+    plan = plan_training(make_task(name, config), config, mesh)
   accelerator = ACCELERATORS[args.accelerator]
   print(plan.table(accelerator, args.mfu))
   if not plan.fits(accelerator):
@@ -249,8 +318,8 @@ def _prepare_latents(args: argparse.Namespace) -> None:
 
 def _reconstruct(args: argparse.Namespace) -> None:
   from wonderland_jax import checkpoints  # noqa: PLC0415
-  from wonderland_jax.reconstruct import (default_vae_directory, read_frames, reconstruct,  # noqa: PLC0415
-                                          trained_normalization)
+  from wonderland_jax.reconstruct import (check_vae, default_vae_directory, read_frames,  # noqa: PLC0415
+                                          reconstruct, trained_normalization)
   from wonderland_jax.splat import save_ply  # noqa: PLC0415
   if Path(args.out).suffix.lower() != ".ply":
     raise WonderlandError(f"--out {args.out}: the scene is written as a .ply file")
@@ -261,6 +330,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
   if not vae_directory.is_dir():
     raise WonderlandError(f"--vae: {vae_directory} not found; pass the VAE the LaLRM was trained with")
   vae = checkpoints.load(vae_directory)
+  check_vae(lalrm.config, vae.config, args.model, str(vae_directory))
   frames = read_frames(args.video)
   height, width = frames.shape[1:3]
   if args.size:
@@ -281,8 +351,35 @@ def _reconstruct(args: argparse.Namespace) -> None:
     logger.info("wrote %s (the input cameras, re-rendered)", args.render)
 
 
+def _add_camera_flags(parser: argparse.ArgumentParser) -> None:
+  """The flags of camera-guided generation (`generate-video`, `generate`)."""
+  parser.add_argument("--branch", required=True,
+                      help="the camera branch checkpoint (`<workdir>/model` of `wonderland train camera-dit`)")
+  parser.add_argument("--trajectory", required=True,
+                      help="a preset (" + ", ".join(PRESETS) + "; --fov, --param) or a pose file with one camera "
+                           "per frame: RealEstate10K .txt, nerfstudio transforms.json, COLMAP text model dir. "
+                           "Re-based on the first camera and scale-normalised as in training")
+  parser.add_argument("--prompt", default="", help="text prompt (default empty)")
+  parser.add_argument("--frames", type=_positive_int, default=None,
+                      help=f"video frames, 1 + 4k (default: {DEFAULT_VIDEO_FRAMES} for presets, the pose "
+                           "file's length for pose files, which must equal it)")
+  parser.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of presets, degrees")
+  parser.add_argument("--param", type=_parameter, action="append", metavar="KEY=VALUE",
+                      help="preset parameter, repeatable (e.g. degrees=90, radius=2, distance=1)")
+  parser.add_argument("--merge-lora", action="store_true",
+                      help="fold the branch's LoRA adapters into the base weights (faster; same output up to "
+                           "rounding)")
+
+
 def _add_video_flags(parser: argparse.ArgumentParser) -> None:
   """The flags `sample` and `generate-video` share."""
+  _add_sampling_flags(parser)
+  parser.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
+  parser.add_argument("--latents", default=None, help="also save the latents to this .npz")
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+  """The flags of every command that samples a video."""
   parser.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`")
   parser.add_argument("--image", required=True, help="the first frame (PNG/JPEG); resized to --size")
   parser.add_argument("--negative-prompt", default="")
@@ -292,8 +389,6 @@ def _add_video_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dynamic-cfg", action="store_true", help="the pipeline's cosine-shaped dynamic guidance")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--fps", type=float, default=8.0)
-  parser.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
-  parser.add_argument("--latents", default=None, help="also save the latents to this .npz")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,24 +425,22 @@ def build_parser() -> argparse.ArgumentParser:
   generate = commands.add_parser(
       "generate-video", help="camera-guided image-to-video: a converted CogVideoX pipeline plus a camera branch "
                              "(`wonderland train camera-dit`) follows a camera trajectory")
-  generate.add_argument("--branch", required=True,
-                        help="the camera branch checkpoint (`<workdir>/model` of `wonderland train camera-dit`)")
-  generate.add_argument("--trajectory", required=True,
-                        help="a preset (" + ", ".join(PRESETS) + "; --fov, --param) or a pose file with one camera "
-                             "per frame: RealEstate10K .txt, nerfstudio transforms.json, COLMAP text model dir. "
-                             "Re-based on the first camera and scale-normalised as in training")
-  generate.add_argument("--prompt", default="", help="text prompt (default empty)")
-  generate.add_argument("--frames", type=_positive_int, default=None,
-                        help=f"video frames, 1 + 4k (default: {DEFAULT_VIDEO_FRAMES} for presets, the pose "
-                             "file's length for pose files, which must equal it)")
-  generate.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of presets, degrees")
-  generate.add_argument("--param", type=_parameter, action="append", metavar="KEY=VALUE",
-                        help="preset parameter, repeatable (e.g. degrees=90, radius=2, distance=1)")
-  generate.add_argument("--merge-lora", action="store_true",
-                        help="fold the branch's LoRA adapters into the base weights (faster; same output up to "
-                             "rounding)")
+  _add_camera_flags(generate)
   _add_video_flags(generate)
   generate.set_defaults(run=_generate_video)
+
+  scene = commands.add_parser(
+      "generate", help="image + camera path -> 3D Gaussian scene: camera-guided video latents, then the LaLRM on "
+                       "them (no decoding); writes scene.ply, flythrough.mp4, novel_orbit.mp4, latents.npz and "
+                       "report.json into --out")
+  scene.add_argument("--lalrm", required=True, help="a trained LaLRM (`<workdir>/model` of `wonderland train lalrm`) "
+                                                    "that reads this pipeline's VAE latents")
+  _add_camera_flags(scene)
+  _add_sampling_flags(scene)
+  scene.add_argument("--decode-video", action="store_true", help="also decode the latents to video.mp4")
+  scene.add_argument("--out", required=True, help="output directory (written whole or not at all)")
+  scene.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
+  scene.set_defaults(run=_generate)
 
   demo = commands.add_parser("demo", help="the embedded default: recover a procedural scene by gradient descent "
                                           "through the rasterizer and write scene.ply, flythrough.mp4, report")
@@ -401,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "h100, h200, a100, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e")
   planning.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step time")
   planning.add_argument("--json", default=None, help="also write the plan as JSON to this file")
+  planning.add_argument("--extrapolate", default="", metavar="N,M",
+                        help="compile N- and M-block versions of the model and extend the figures linearly to the "
+                             "config's depth (minutes instead of the tens a 42-block CPU compile takes)")
   planning.set_defaults(run=_plan, accepts_overrides=True)
 
   latents = commands.add_parser(

@@ -7,6 +7,7 @@ cameras are re-based on the first frame and scale-normalised exactly as the trai
 (`data.clips.normalize_poses` with the mode and target the model was trained with), and the Gaussians are
 returned in the first camera's frame, in the *input's* units (the normalisation undone: means and scales
 divided by the pose scale), so they line up with the given cameras re-based on the first.
+`reconstruct_latents` starts from latents instead (a video model's samples: no decoding and re-encoding).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from wonderland_jax.camera.camera import Camera
 from wonderland_jax.data.clips import normalize_poses
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import read_image
-from wonderland_jax.models.lalrm import LaLRM
+from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.splat.gaussians import Gaussians
 from wonderland_jax.train.lalrm import encode_frames, predict
 
@@ -74,18 +75,67 @@ def default_vae_directory(lalrm_directory: str | os.PathLike) -> Path:
   return Path(configured) if configured and not beside.is_dir() else beside
 
 
+def check_vae(lalrm_config: LaLRMConfig, vae_config, lalrm_source: str, vae_source: str) -> None:
+  """Raises `InputFileError` naming `lalrm_source` when the LaLRM cannot read this VAE's latents (channels or
+  compression differ). That it was trained on this VAE's latents (same weights) is not checkable here."""
+  theirs = dict(latent_channels=vae_config.latent_channels, spatial_compression=vae_config.spatial_compression,
+                temporal_compression=int(vae_config.temporal_compression_ratio))
+  for name, value in theirs.items():
+    if getattr(lalrm_config, name) != value:
+      raise InputFileError(f"{lalrm_source}: the LaLRM reads latents with {name}={getattr(lalrm_config, name)} but "
+                           f"the VAE of {vae_source} has {name}={value}; use an LaLRM trained on that VAE")
+
+
+def check_latents(config: LaLRMConfig, latents_shape: tuple[int, ...], num_cameras: int) -> None:
+  """Raises `WonderlandError` unless latents (1, t, h, w, C) fit the LaLRM and one camera per video frame."""
+  shape = tuple(latents_shape)
+  if len(shape) != 5 or shape[0] != 1 or shape[-1] != config.latent_channels:
+    raise WonderlandError(f"latents must be (1, t, h, w, {config.latent_channels}) for this LaLRM, got {shape}")
+  if shape[2] % config.patch_size or shape[3] % config.patch_size:
+    raise WonderlandError(f"latents of {shape[3]}x{shape[2]}: width and height must be multiples of the LaLRM's "
+                          f"patch size {config.patch_size} (video sizes multiples of "
+                          f"{config.spatial_compression * config.patch_size})")
+  if num_cameras != config.num_frames(shape[1]):
+    raise WonderlandError(f"{shape[1]} latent frames are {config.num_frames(shape[1])} video frames but there are "
+                          f"{num_cameras} cameras")
+
+
+@nnx.jit
+def _encode(vae, frames):
+  return encode_frames(vae, frames)
+
+
 @nnx.jit(static_argnames=("height", "width"))
-def _predict(lalrm, vae, frames, viewmats, intrinsics, height, width):
-  latents = encode_frames(vae, frames)
-  gaussian_map, gaussians = predict(lalrm, latents, viewmats, intrinsics, height, width)
-  return gaussian_map, gaussians
+def _predict(lalrm, latents, viewmats, intrinsics, height, width):
+  return predict(lalrm, latents, viewmats, intrinsics, height, width)[1]
+
+
+def reconstruct_latents(lalrm: LaLRM, latents: jax.Array, cameras: Camera, *, scale_mode: str = "max_distance",
+                        scale_target: float = 1.0) -> tuple[Gaussians, Camera, float]:
+  """Scaled video latents (1, t, h, w, C) (posterior mean x the VAE's scaling factor, or what a video model
+  samples) with one camera per video frame (F = 1 + 4 (t - 1); any resolution, same field of view) ->
+  (Gaussians, the cameras re-based on the first frame at the video size (8h, 8w for an 8x VAE), in the input's
+  units, the pose scale: normalised = input units x scale). The LaLRM sees the cameras normalised as in its
+  training (`normalize_poses(viewmats, F, scale_mode, scale_target)`)."""
+  config = lalrm.config
+  check_latents(config, latents.shape, len(cameras))
+  height, width = (config.spatial_compression * size for size in latents.shape[2:4])
+  cameras = cameras.resized(width, height)
+  viewmats, scale = normalize_poses(np.asarray(cameras.viewmat), len(cameras), scale_mode, scale_target)
+  gaussians = _predict(lalrm, jnp.asarray(latents), jnp.asarray(viewmats, jnp.float32)[None],
+                       jnp.asarray(cameras.K)[None], height, width)
+  gaussians = jax.tree.map(lambda x: x[0], gaussians)
+  unscaled = viewmats.copy()
+  unscaled[:, :3, 3] /= scale
+  gaussians = gaussians.replace(means=gaussians.means / scale, scales=gaussians.scales / scale)
+  return gaussians, Camera(jnp.asarray(unscaled, jnp.float32), cameras.K, width, height), float(scale)
 
 
 def reconstruct(lalrm: LaLRM, vae, frames: np.ndarray, cameras: Camera, *, scale_mode: str = "max_distance",
                 scale_target: float = 1.0) -> tuple[Gaussians, Camera]:
   """frames (F, H, W, 3) in [0, 1] with F cameras (any resolution, same field of view) -> (Gaussians, the
   cameras re-based on the first frame, in the input's units). F must be 1 + 4k and H, W multiples of the
-  LaLRM's token stride."""
+  LaLRM's token stride. The frames are encoded by `vae`, then `reconstruct_latents`."""
   config = lalrm.config
   num_frames, height, width, _ = frames.shape
   if (num_frames - 1) % config.temporal_compression:
@@ -96,12 +146,7 @@ def reconstruct(lalrm: LaLRM, vae, frames: np.ndarray, cameras: Camera, *, scale
   stride = config.spatial_compression * config.patch_size
   if height % stride or width % stride:
     raise WonderlandError(f"frames of {width}x{height}: width and height must be multiples of {stride}")
-  cameras = cameras.resized(width, height)
-  viewmats, scale = normalize_poses(np.asarray(cameras.viewmat), num_frames, scale_mode, scale_target)
-  _, gaussians = _predict(lalrm, vae, jnp.asarray(frames)[None], jnp.asarray(viewmats, jnp.float32)[None],
-                          jnp.asarray(cameras.K)[None], height, width)
-  gaussians = jax.tree.map(lambda x: x[0], gaussians)
-  unscaled = viewmats.copy()
-  unscaled[:, :3, 3] /= scale
-  gaussians = gaussians.replace(means=gaussians.means / scale, scales=gaussians.scales / scale)
-  return gaussians, Camera(jnp.asarray(unscaled, jnp.float32), cameras.K, width, height)
+  latents = _encode(vae, jnp.asarray(frames)[None])
+  gaussians, cameras, _ = reconstruct_latents(lalrm, latents, cameras, scale_mode=scale_mode,
+                                              scale_target=scale_target)
+  return gaussians, cameras

@@ -121,3 +121,19 @@ def test_params_are_born_sharded_and_checkpoints_restore_onto_the_building_mesh(
   with building_on(mesh, DEFAULT_RULES):
     loaded = checkpoints.load(tmp_path / "lalrm")
   assert loaded.blocks[0].mlp.fc1.kernel[...].sharding.spec == PartitionSpec("fsdp", "tensor")
+
+
+def test_extrapolated_plan_matches_the_compiled_one():
+  from wonderland_jax.parallel.plan import plan_extrapolated  # noqa: PLC0415
+  from wonderland_jax.train.config import load_config  # noqa: PLC0415
+  from wonderland_jax.train.tasks import DEPTH_KEYS, make_task, planning_config  # noqa: PLC0415
+  config = planning_config("lalrm", load_config("lalrm_tiny", ["--config.train.batch_size=8",
+                                                                "--config.model.num_layers=3",
+                                                                "--config.model.hidden_size=64"]))
+  mesh = make_mesh("fsdp=8")
+  compiled = plan_training(make_task("lalrm", config), config, mesh)
+  extrapolated = plan_extrapolated(lambda c: make_task("lalrm", c), config, mesh, DEPTH_KEYS["lalrm"], (1, 2))
+  assert extrapolated.method.startswith("extrapolated to 3 blocks")
+  assert extrapolated.num_trainable == compiled.num_trainable
+  for field in ("argument_bytes", "temp_bytes", "flops"):
+    assert abs(getattr(extrapolated, field) / getattr(compiled, field) - 1) < 0.02, field

@@ -88,9 +88,11 @@ class CameraVideoPipeline:
 
   def generate(self, image: np.ndarray, prompt: str, cameras: Camera, *, negative_prompt: str = "",
                num_frames: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 6.0,
-               use_dynamic_cfg: bool = False, key: jax.Array) -> tuple[jax.Array, np.ndarray]:
+               use_dynamic_cfg: bool = False, key: jax.Array,
+               decode: bool = True) -> tuple[jax.Array, np.ndarray | None]:
     """image (H, W, 3) in [0, 1] at the video size, one camera per frame -> (latents, frames in [0, 1]), as
-    `VideoPipeline.generate`. num_frames (default len(cameras)) must equal the number of cameras."""
+    `VideoPipeline.generate` (decode=False: frames None). num_frames (default len(cameras)) must equal the
+    number of cameras."""
     _check_batch(cameras)
     num_frames = len(cameras) if num_frames is None else num_frames
     if num_frames != len(cameras):
@@ -100,4 +102,4 @@ class CameraVideoPipeline:
     return self.pipeline.generate(image, prompt, negative_prompt=negative_prompt, num_frames=num_frames,
                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                   use_dynamic_cfg=use_dynamic_cfg, key=key,
-                                  plucker=self.plucker(cameras, height, width))
+                                  plucker=self.plucker(cameras, height, width), decode=decode)

@@ -72,9 +72,11 @@ class VideoPipeline:
 
   def generate(self, image: np.ndarray, prompt: str, *, negative_prompt: str = "", num_frames: int = 49,
                num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
-               key: jax.Array, plucker: jax.Array | None = None) -> tuple[jax.Array, np.ndarray]:
+               key: jax.Array, plucker: jax.Array | None = None,
+               decode: bool = True) -> tuple[jax.Array, np.ndarray | None]:
     """image (H, W, 3) in [0, 1] at the video size -> (latents, frames in [0, 1]). plucker: the camera
-    condition of a camera-guided transformer (see `sample_image_to_video`; `CameraVideoPipeline` makes it)."""
+    condition of a camera-guided transformer (see `sample_image_to_video`; `CameraVideoPipeline` makes it).
+    decode=False skips the VAE decoder (frames None; `decode_frames` decodes the latents later)."""
     height, width = image.shape[:2]
     num_latent_frames = self.check(num_frames, height, width)
     max_length = self.transformer.config.max_text_seq_length
@@ -90,8 +92,12 @@ class VideoPipeline:
                                     guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg, key=sample_key,
                                     plucker=plucker)
     unscaled = self.vae.config.unscale_latents(latents)
-    frames = _decode(self.vae, unscaled)[0]
-    return unscaled, np.clip((np.asarray(frames) + 1) / 2, 0, 1)
+    return unscaled, self.decode_frames(unscaled) if decode else None
+
+  def decode_frames(self, latents: jax.Array) -> np.ndarray:
+    """Unscaled latents (1, t, h, w, C) -> frames (1 + 4 (t - 1), H, W, 3) in [0, 1]."""
+    frames = _decode(self.vae, latents)[0]
+    return np.clip((np.asarray(frames) + 1) / 2, 0, 1)
 
 
 @nnx.jit

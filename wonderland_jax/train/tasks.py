@@ -20,6 +20,14 @@ TASKS = {
 }
 
 
+# The config keys of each model's depth, for extrapolated plans (`parallel.plan.plan_extrapolated`): the first is
+# the number of blocks, the others keep their ratio to it.
+DEPTH_KEYS = {
+    "lalrm": ("model.num_layers",),
+    "camera-dit": ("base.random_config.num_layers", "camera.controlnet_layers"),
+}
+
+
 def _module(name: str):
   if name not in TASKS:
     raise WonderlandError(f"unknown model {name!r}; one of {sorted(TASKS)}")

@@ -1,0 +1,93 @@
+"""`wonderland generate` (wonderland_jax.pipeline) end to end on tiny random models: a converted CogVideoX
+pipeline, a camera branch and an LaLRM reading its latents; plus `reconstruct_latents`' units."""
+
+import json
+
+import imageio.v3 as iio
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.diffusion import test_camera_pipeline, test_pipeline
+from wonderland_jax import checkpoints
+from wonderland_jax.camera import make_trajectory
+from wonderland_jax.cli import main
+from wonderland_jax.io_utils import write_png
+from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
+from wonderland_jax.reconstruct import reconstruct_latents
+from wonderland_jax.splat import load_ply
+
+converted = test_pipeline.converted  # a converted tiny CogVideoX pipeline: 4x VAE, 4 latent channels, 8x8 latents
+branch = test_camera_pipeline.branch  # a random camera branch on its transformer
+
+# Reads the tiny VAE's latents: 32x32 video -> 8x8 latents -> 4x4 tokens -> one Gaussian per 2x2 pixels.
+TINY = dict(latent_channels=4, spatial_compression=4, temporal_compression=4, patch_size=2, gaussian_stride=4,
+            hidden_size=32, pose_dim=16, num_layers=1, head_dim=16)
+
+
+def _save_lalrm(directory, **overrides):
+  config = LaLRMConfig(**dict(TINY, **overrides))
+  return checkpoints.save(directory, LaLRM(config, rngs=nnx.Rngs(0)), kind="lalrm", config=config.to_dict())
+
+
+@pytest.fixture(scope="module")
+def lalrm(tmp_path_factory):
+  return _save_lalrm(tmp_path_factory.mktemp("lalrm") / "model")
+
+
+def test_reconstruct_latents_returns_the_input_units(lalrm):
+  model = checkpoints.load(lalrm)
+  latents = jax.random.normal(jax.random.key(0), (1, 3, 8, 8, 4))
+  cameras = make_trajectory("orbit", 9, width=64, height=64)
+  scene, rebased, scale = reconstruct_latents(model, latents, cameras)
+  moved = test_camera_pipeline._moved(cameras, 3.0)  # another world frame, 3x the units
+  scene_moved, rebased_moved, scale_moved = reconstruct_latents(model, latents, moved)
+  assert scene.num == 9 * 16 * 16 and (rebased.width, rebased.height) == (32, 32)
+  np.testing.assert_allclose(scale_moved * 3, scale, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(scene_moved.means), 3 * np.asarray(scene.means), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(rebased_moved.viewmat[:, :3, 3]), 3 * np.asarray(rebased.viewmat[:, :3, 3]),
+                             atol=1e-4)
+
+
+def test_generate_writes_the_scene_videos_latents_and_report(tmp_path, converted, branch, lalrm, capsys):
+  image = tmp_path / "first.png"
+  write_png(image, np.random.default_rng(0).uniform(0, 1, (24, 20, 3)))
+  base = ["generate", "--model", str(converted), "--branch", str(branch), "--lalrm", str(lalrm), "--image",
+          str(image), "--trajectory", "orbit", "--frames", "9", "--steps", "2", "--seed", "3"]
+  out = tmp_path / "out"
+  assert main(base + ["--out", str(out)]) == 0
+  assert str(out) in capsys.readouterr().out
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      ["scene.ply", "flythrough.mp4", "novel_orbit.mp4", "latents.npz", "report.json"])
+  scene = load_ply(out / "scene.ply")
+  assert scene.num == 9 * 16 * 16  # the LaLRM's map: one Gaussian per 2x2 pixels of every frame
+  for name in ("flythrough.mp4", "novel_orbit.mp4"):
+    assert iio.imread(out / name).shape == (9, 32, 32, 3)  # the model's default size
+  saved = np.load(out / "latents.npz")
+  assert saved["scaled_latents"].shape == (1, 3, 8, 8, 4) and np.all(np.isfinite(saved["scaled_latents"]))
+  assert saved["viewmats"].shape == (9, 4, 4) and saved["intrinsics"].shape == (9, 3, 3)
+  np.testing.assert_allclose(saved["viewmats"][0], np.eye(4), atol=1e-6)  # re-based on the first camera
+  report = json.loads((out / "report.json").read_text())
+  assert {"loading", "sampling", "reconstruction", "flythrough", "novel_orbit"} <= set(report["seconds"])
+  assert report["peak_rss_bytes"] > 2 ** 20 and report["num_gaussians"] == scene.num
+  assert report["inputs"]["trajectory"] == "orbit" and report["outputs"]["scene.ply"] == str(out / "scene.ply")
+
+  # --decode-video adds video.mp4; the same seed gives the same latents and scene.
+  again = tmp_path / "again"
+  assert main(base + ["--decode-video", "--out", str(again)]) == 0
+  assert iio.imread(again / "video.mp4").shape == (9, 32, 32, 3)
+  assert "decoding" in json.loads((again / "report.json").read_text())["seconds"]
+  np.testing.assert_array_equal(np.load(again / "latents.npz")["scaled_latents"], saved["scaled_latents"])
+  np.testing.assert_allclose(load_ply(again / "scene.ply").means, scene.means, atol=1e-5)
+  capsys.readouterr()
+
+  # A non-empty --out needs --overwrite; an LaLRM that cannot read the VAE's latents fails before sampling.
+  assert main(base + ["--out", str(out)]) == 2
+  assert "--overwrite" in capsys.readouterr().err
+  wrong = _save_lalrm(tmp_path / "lalrm16", latent_channels=16)
+  bad = tmp_path / "bad"
+  assert main(base[:5] + ["--lalrm", str(wrong)] + base[7:] + ["--out", str(bad)]) == 2
+  err = capsys.readouterr().err
+  assert f"{wrong}: the LaLRM reads latents with latent_channels=16" in err and "latent_channels=4" in err
+  assert not bad.exists() and not list(tmp_path.glob(".bad*"))

@@ -1,0 +1,134 @@
+"""Wonderland end to end: one image and a camera path -> a 3D Gaussian scene (the paper's Fig. 2).
+
+    models = WonderlandPipeline.load("checkpoints/cogvideox-5b-i2v", "runs/camera_dit/model", "runs/lalrm/model")
+    cameras = make_trajectory("orbit", 49, width=720, height=480)
+    scene, extras = generate_scene(models, image, cameras, "a castle at dusk", key=jax.random.key(0))
+
+Stages, each a jitted program with a progress bar, timed in `extras["seconds"]`:
+
+  sampling        camera-guided video latents (`CameraVideoPipeline`: CogVideoX + the camera branch), in the
+                  diffusion model's (scaled) latent space: exactly what the LaLRM trained on (posterior mean x the
+                  VAE's scaling factor), so the video is never decoded to build the scene;
+  reconstruction  the LaLRM on those latents and the cameras' Plücker rays, normalised as in its training
+                  (`reconstruct.reconstruct_latents`) -> Gaussians in the first camera's frame, in the input
+                  cameras' units;
+  decoding        (decode_video=True only) the VAE decodes the latents to frames.
+
+The LaLRM must read the video model's latents: same latent channels and compression (checked on loading) and,
+for a meaningful scene, trained on latents of the same VAE (not checkable from the checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from wonderland_jax import checkpoints
+from wonderland_jax.camera.camera import Camera
+from wonderland_jax.convert.pipeline import read_pipeline
+from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline
+from wonderland_jax.errors import InputFileError
+from wonderland_jax.models.lalrm import LaLRM
+from wonderland_jax.models.vae import VAEConfig
+from wonderland_jax.progress import progress
+from wonderland_jax.reconstruct import check_latents, check_vae, reconstruct_latents, trained_normalization
+from wonderland_jax.splat.gaussians import Gaussians
+
+logger = logging.getLogger("wonderland_jax")
+
+
+@dataclasses.dataclass
+class WonderlandPipeline:
+  """The camera-guided video model and the LaLRM, with the pose normalisation the LaLRM trained with."""
+
+  video: CameraVideoPipeline
+  lalrm: LaLRM
+  scale_mode: str = "max_distance"
+  scale_target: float = 1.0
+
+  @classmethod
+  def load(cls, model_directory: str | os.PathLike, branch_directory: str | os.PathLike,
+           lalrm_directory: str | os.PathLike, *, merge_lora: bool = False) -> WonderlandPipeline:
+    """A converted CogVideoX pipeline (`wonderland convert cogvideox`), a camera branch (`wonderland train
+    camera-dit`: `<workdir>/model`) and an LaLRM (`wonderland train lalrm`: `<workdir>/model`). Raises
+    `InputFileError` naming the directory at fault; the LaLRM is checked against the VAE's config before the
+    video model loads."""
+    kind = checkpoints.read_description(lalrm_directory)[0]
+    if kind != "lalrm":
+      raise InputFileError(f"{lalrm_directory}: a {kind!r} checkpoint, not an LaLRM (`wonderland train lalrm`: "
+                           "<workdir>/model)")
+    lalrm = checkpoints.load(lalrm_directory)
+    read_pipeline(model_directory)  # its own message when model_directory is not a converted pipeline
+    vae_config = VAEConfig.from_diffusers(checkpoints.read_description(Path(model_directory) / "vae")[1])
+    check_vae(lalrm.config, vae_config, str(lalrm_directory), str(model_directory))
+    video = CameraVideoPipeline.load(model_directory, branch_directory, merge_lora=merge_lora)
+    return cls(video, lalrm, *trained_normalization(lalrm_directory))
+
+  @property
+  def default_size(self) -> tuple[int, int]:
+    """(height, width) in pixels the video model was trained at."""
+    return self.video.default_size
+
+
+def _run_stage(name: str, seconds: dict[str, float], function: Callable[[], Any]) -> Any:
+  """Runs one stage (a jitted call) under a one-step progress bar; its wall time, results ready, goes to
+  seconds[name]."""
+  start = time.perf_counter()
+  for _ in progress(range(1), desc=name):
+    result = jax.block_until_ready(function())
+  seconds[name] = time.perf_counter() - start
+  return result
+
+
+def generate_scene(models: WonderlandPipeline, image: np.ndarray, cameras: Camera, prompt: str = "", *,
+                   key: jax.Array, negative_prompt: str = "", num_frames: int | None = None,
+                   num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
+                   decode_video: bool = False) -> tuple[Gaussians, dict[str, Any]]:
+  """image (H, W, 3) in [0, 1] at the video size and F cameras (one per video frame, F = 1 + 4k; any world
+  frame and units, OpenCV) -> (Gaussians in the first camera's frame and the cameras' units, extras):
+
+    latents     (1, t, H / 8, W / 8, C) (8: the VAE's factor) the sampled latents, scaled: the diffusion and
+                LaLRM latent space (`scale_latents` of `CameraVideoPipeline.generate`'s, which are unscaled);
+    cameras     the F cameras re-based on the first, at the video size, in the input's units (the scene's);
+    pose_scale  the LaLRM saw the cameras' translations (and the scene) x pose_scale;
+    frames      (F, H, W, 3) in [0, 1] when decode_video, else None;
+    seconds     {stage: wall seconds} for sampling, reconstruction (and decoding).
+
+  num_frames (default F) must equal F. The other keywords are `CameraVideoPipeline.generate`'s."""
+  num_frames = len(cameras) if num_frames is None else num_frames
+  height, width = image.shape[:2]
+  video, vae_config = models.video.pipeline, models.video.pipeline.vae.config
+  num_latent_frames = video.check(num_frames, height, width)
+  factor = vae_config.spatial_compression
+  check_latents(models.lalrm.config, (1, num_latent_frames, height // factor, width // factor,
+                                      vae_config.latent_channels), num_frames)  # before the long stage
+  seconds: dict[str, float] = {}
+  start = time.perf_counter()
+  unscaled, _ = models.video.generate(image, prompt, cameras, negative_prompt=negative_prompt, num_frames=num_frames,
+                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                      use_dynamic_cfg=use_dynamic_cfg, key=key, decode=False)
+  latents = jax.block_until_ready(vae_config.scale_latents(unscaled))
+  seconds["sampling"] = time.perf_counter() - start
+  gaussians, rebased, scale = _run_stage("reconstruction", seconds, lambda: reconstruct_latents(
+      models.lalrm, latents, cameras, scale_mode=models.scale_mode, scale_target=models.scale_target))
+  frames = _run_stage("decoding", seconds, lambda: video.decode_frames(unscaled)) if decode_video else None
+  logger.info("scene: %d Gaussians (sampling %.1fs, reconstruction %.1fs)", gaussians.num, seconds["sampling"],
+              seconds["reconstruction"])
+  extras = dict(latents=latents, cameras=rebased, pose_scale=scale, frames=frames, seconds=seconds)
+  return gaussians, extras
+
+
+def peak_rss_bytes() -> int:
+  """The peak resident memory of this process so far (bytes; `getrusage`'s ru_maxrss)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(peak if sys.platform == "darwin" else peak * 1024)
