@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.nn.attention import dot_product_attention, splash_attention
+from wonderland_jax.nn.attention import chunked_attention, dot_product_attention, splash_attention
 
 
 def _direct(q, k, v, scale):
@@ -44,3 +44,22 @@ def test_accelerator_implementations_refuse_other_backends():
       dot_product_attention(q, q, q, implementation="cudnn")
   with pytest.raises(WonderlandError, match="unknown attention implementation 'magic'"):
     dot_product_attention(q, q, q, implementation="magic")
+
+
+@pytest.mark.parametrize("length,chunk", [(50, 16), (32, 32), (7, 1024)])
+def test_chunked_equals_direct_attention_and_keeps_no_full_score_matrix(length, chunk):
+  rng = np.random.default_rng(1)
+  q = jnp.asarray(rng.normal(size=(2, 9, 3, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, length, 3, 8)), jnp.float32) for _ in range(2))
+  weights = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+  attend = lambda *x: chunked_attention(*x, chunk=chunk)
+  np.testing.assert_allclose(attend(q, k, v), _direct(q, k, v, 8 ** -0.5), atol=2e-5)
+  np.testing.assert_allclose(dot_product_attention(q, k, v, implementation="chunked"), _direct(q, k, v, 8 ** -0.5),
+                             atol=2e-5)
+  grads = jax.grad(lambda *x: jnp.sum(attend(*x) * weights), argnums=(0, 1, 2))(q, k, v)
+  expected = jax.grad(lambda *x: jnp.sum(_direct(*x, 8 ** -0.5) * weights), argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(grads, expected):
+    np.testing.assert_allclose(got, want, atol=1e-4 * float(jnp.abs(want).max()))
+  if length > chunk:  # no intermediate of the full (9, length) score shape, forward or backward
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda *x: jnp.sum(attend(*x) * weights)))(q, k, v))
+    assert f"3,9,{length}]" not in jaxpr.replace(" ", "") and f"3,9,{chunk}]" in jaxpr.replace(" ", "")

@@ -2,6 +2,9 @@
 
   xla    jax.nn.dot_product_attention's XLA path: any backend, any dtype (the reference for the others).
   cudnn  cuDNN's fused flash attention (NVIDIA GPUs, bf16/fp16).
+  chunked  memory-efficient attention in plain JAX on any backend: keys / values in chunks of CHUNK tokens under
+         lax.scan with a running log-sum-exp, each chunk rematerialised in the backward pass, so no (Lq, Lk) score
+         matrix is ever whole (Rabe & Staats); what fused kernels give, for backends without one and for plans.
   splash Pallas splash attention (TPUs): sequences padded to whole blocks, the padding kept out of the softmax
          by segment ids; no mask argument. `splash_attention(..., interpret=True)` runs the same kernel in
          Pallas' interpreter on any backend (how the tests check it on CPU).
@@ -16,7 +19,8 @@ import jax.numpy as jnp
 
 from wonderland_jax.errors import WonderlandError
 
-IMPLEMENTATIONS = ("xla", "cudnn", "splash")
+IMPLEMENTATIONS = ("xla", "cudnn", "splash", "chunked")
+CHUNK = 1024  # key / value tokens per step of the 'chunked' implementation
 _LANES = 128  # splash blocks are multiples of the TPU's 128 lanes
 
 
@@ -31,6 +35,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   if implementation == "cudnn" and jax.default_backend() != "gpu":
     raise WonderlandError("attention implementation 'cudnn' needs an NVIDIA GPU; use 'xla' on "
                           f"{jax.default_backend()}")
+  if implementation == "chunked":
+    return chunked_attention(query, key, value, mask=mask, scale=scale)
   if implementation == "splash":
     if jax.default_backend() != "tpu":
       raise WonderlandError(f"attention implementation 'splash' needs a TPU; use 'xla' on {jax.default_backend()}")
@@ -84,3 +90,55 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scal
   attend = _splash_kernel(heads, q_padded, kv_padded, interpret)
   out = jax.vmap(lambda q1, k1, v1: attend(q1, k1, v1, segment_ids=segments))(q, k, v)
   return out.transpose(0, 2, 1, 3)[:, :q_length].astype(query.dtype)
+
+
+def merge_block(carry, q, k, v, valid):
+  """One key/value block into the running (out, row max, row sum) of an online softmax (float32); `valid` (Lk,)
+  bool or None marks the keys that count. Shared by the chunked and the ring attention."""
+  out, row_max, row_sum = carry
+  scores = jnp.einsum("bqnd,bknd->bnqk", q, k.astype(jnp.float32))
+  if valid is not None:
+    scores = jnp.where(valid, scores, -jnp.inf)
+  new_max = jnp.maximum(row_max, jnp.max(scores, axis=-1))
+  safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+  weights = jnp.exp(scores - safe_max[..., None])
+  correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
+  row_sum = row_sum * correction + jnp.sum(weights, axis=-1)
+  out = out * jnp.moveaxis(correction, 1, 2)[..., None] + jnp.einsum("bnqk,bknd->bqnd", weights,
+                                                                      v.astype(jnp.float32))
+  return out, new_max, row_sum
+
+
+def initial_carry(query: jax.Array, value_dim: int):
+  batch, length, heads, _ = query.shape
+  return (jnp.zeros((batch, length, heads, value_dim), jnp.float32),
+          jnp.full((batch, heads, length), -jnp.inf, jnp.float32), jnp.zeros((batch, heads, length), jnp.float32))
+
+
+def finish(carry, dtype) -> jax.Array:
+  out, _, row_sum = carry
+  return (out / jnp.moveaxis(row_sum, 1, 2)[..., None]).astype(dtype)
+
+
+def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
+                      scale: float | None = None, chunk: int = CHUNK) -> jax.Array:
+  """The 'chunked' implementation (see the module docstring); layout and result as `dot_product_attention`."""
+  if mask is not None:
+    raise WonderlandError("attention implementation 'chunked' takes no mask; use 'xla'")
+  scale = query.shape[-1] ** -0.5 if scale is None else scale
+  length = key.shape[1]
+  chunk = min(chunk, length)
+  count = -(-length // chunk)
+  pad = ((0, 0), (0, count * chunk - length), (0, 0), (0, 0))
+  blocks = lambda x: jnp.pad(x, pad).reshape(x.shape[0], count, chunk, *x.shape[2:]).swapaxes(0, 1)
+  q = query.astype(jnp.float32) * scale
+
+  @jax.checkpoint
+  def step(carry, inputs):
+    index, k, v = inputs
+    valid = (index * chunk + jnp.arange(chunk)) < length
+    return merge_block(carry, q, k, v, valid[None, None, None, :]), None
+
+  carry, _ = jax.lax.scan(step, initial_carry(query, value.shape[-1]), (jnp.arange(count), blocks(key),
+                                                                          blocks(value)))
+  return finish(carry, query.dtype)

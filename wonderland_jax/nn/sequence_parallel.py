@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.nn.attention import dot_product_attention
+from wonderland_jax.nn.attention import dot_product_attention, finish, initial_carry, merge_block
 
 METHODS = ("none", "ulysses", "ring")
 CONTEXT = "context"
@@ -83,7 +83,8 @@ def _ulysses(query, key, value, *, kv_length: int, size: int, scale: float, impl
   q, k, v = to_heads(query), to_heads(key), to_heads(value)
   if k.shape[1] != kv_length:  # padded keys: masked out
     mask = (jnp.arange(k.shape[1]) < kv_length)[None, None, None, :]
-    out = dot_product_attention(q, k, v, implementation="xla" if implementation == "splash" else implementation,
+    out = dot_product_attention(q, k, v, implementation="xla" if implementation in ("splash", "chunked")
+                                else implementation,
                                 scale=scale, mask=mask)
   else:
     out = dot_product_attention(q, k, v, implementation=implementation, scale=scale)
@@ -91,33 +92,19 @@ def _ulysses(query, key, value, *, kv_length: int, size: int, scale: float, impl
 
 
 def _ring(query, key, value, *, kv_length: int, size: int, scale: float, implementation: str):
-  del implementation  # the blocks are merged by log-sum-exp, computed here in float32
-  dtype = query.dtype
+  del implementation  # the blocks are merged by log-sum-exp (attention.merge_block), in float32
   q = query.astype(jnp.float32) * scale
   block = key.shape[1]
   index = jax.lax.axis_index(CONTEXT)
   permutation = [(i, (i + 1) % size) for i in range(size)]
 
   def step(carry, hop):
-    k, v, out, row_max, row_sum = carry
+    k, v, partial = carry
     # The block held now started on device (index - hop) mod c: its global key positions.
-    origin = (index - hop) % size
-    positions = origin * block + jnp.arange(block)
-    scores = jnp.einsum("bqnd,bknd->bnqk", q, k.astype(jnp.float32))
-    scores = jnp.where((positions < kv_length)[None, None, None, :], scores, -jnp.inf)
-    block_max = jnp.max(scores, axis=-1)
-    new_max = jnp.maximum(row_max, block_max)
-    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-    weights = jnp.exp(scores - safe_max[..., None])
-    correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
-    row_sum = row_sum * correction + jnp.sum(weights, axis=-1)
-    out = out * jnp.moveaxis(correction, 1, 2)[..., None] + jnp.einsum("bnqk,bknd->bqnd", weights,
-                                                                        v.astype(jnp.float32))
+    positions = ((index - hop) % size) * block + jnp.arange(block)
+    partial = merge_block(partial, q, k, v, (positions < kv_length)[None, None, None, :])
     k, v = jax.lax.ppermute(k, CONTEXT, permutation), jax.lax.ppermute(v, CONTEXT, permutation)
-    return (k, v, out, new_max, row_sum), None
+    return (k, v, partial), None
 
-  batch, length, heads, _ = query.shape
-  init = (key, value, jnp.zeros((*query.shape[:3], value.shape[-1]), jnp.float32),
-          jnp.full((batch, heads, length), -jnp.inf, jnp.float32), jnp.zeros((batch, heads, length), jnp.float32))
-  (_, _, out, _, row_sum), _ = jax.lax.scan(step, init, jnp.arange(size))
-  return (out / jnp.moveaxis(row_sum, 1, 2)[..., None]).astype(dtype)
+  (_, _, partial), _ = jax.lax.scan(step, (key, value, initial_carry(query, value.shape[-1])), jnp.arange(size))
+  return finish(partial, query.dtype)

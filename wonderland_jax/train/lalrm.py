@@ -51,7 +51,7 @@ class LaLRMTrainee(nnx.Module):
     if config.get("init_from"):
       initialize_from(self.lalrm, config.init_from)
     self.vae = load_vae(config) if config.data.get("encode_frames", False) else None
-    self.vgg = None
+    self.vgg = nnx.data(None)  # a module slot, filled below when the perceptual loss is on
     if float(config.loss.perceptual_weight) > 0:
       from wonderland_jax.models import vgg  # noqa: PLC0415
       if not config.loss.vgg_weights:
