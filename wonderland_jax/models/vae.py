@@ -472,11 +472,11 @@ class CogVideoXVAE(nnx.Module):
     with param_init_context():
       self.encoder = Encoder3D(config, rngs=rngs)
       self.decoder = Decoder3D(config, rngs=rngs)
-    # diffusers sizes these with out_channels (not latent_channels); kept identical for checkpoint parity.
-    self.quant_conv = (Conv3d(2 * config.out_channels, 2 * config.out_channels, dtype=config.dtype, rngs=rngs)
-                       if config.use_quant_conv else None)
-    self.post_quant_conv = (Conv3d(config.out_channels, config.out_channels, dtype=config.dtype, rngs=rngs)
-                            if config.use_post_quant_conv else None)
+      # diffusers sizes these with out_channels (not latent_channels); kept identical for checkpoint parity.
+      self.quant_conv = (Conv3d(2 * config.out_channels, 2 * config.out_channels, dtype=config.dtype, rngs=rngs)
+                         if config.use_quant_conv else None)
+      self.post_quant_conv = (Conv3d(config.out_channels, config.out_channels, dtype=config.dtype, rngs=rngs)
+                              if config.use_post_quant_conv else None)
 
   def default_tiling(self) -> Tiling:
     return Tiling(self.config.sample_height // 2, self.config.sample_width // 2)
