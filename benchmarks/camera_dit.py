@@ -61,8 +61,11 @@ def tiny_step(steps: int) -> dict:
 def plan(mesh: str, batch: int) -> dict:
   with tempfile.TemporaryDirectory() as directory:
     out = os.path.join(directory, "plan.json")
+    # Extrapolated from 2- and 4-block compiles (a 42-block CPU compile takes over 25 minutes), memory-efficient
+    # attention as fused kernels give (see docs/benchmarks.md for what the figures are worth).
     command = [sys.executable, "-m", "wonderland_jax.cli", "plan", "--config", "camera_dit_5b", "--mesh", mesh,
-               "--json", out, f"--config.train.batch_size={batch}"]
+               "--json", out, "--extrapolate", "2,4", "--config.base.attention=chunked",
+               f"--config.train.batch_size={batch}"]
     subprocess.run(command, check=True)
     with open(out) as handle:
       return json.load(handle)
@@ -98,6 +101,7 @@ def main() -> None:
         f"{result['temp_bytes'] / gib:.1f} / {result['peak_bytes'] / gib:.1f} GiB |")
   print(f"| FLOPs per step per device | {result['flops']:.3e} |")
   print(f"| step time at {result['mfu']:.0%} MFU on {result['accelerator']} | {result['step_seconds']:.1f} s |")
+  print(f"| method | {result['method']} |")
   print(f"| plan compile time (CPU) | {time.perf_counter() - start:.0f} s |")
 
 
