@@ -60,3 +60,14 @@ def make_t5_tokenizer(root, corpus: str, vocab_size: int):
     "extra_ids": 100, "additional_special_tokens": [f"<extra_id_{i}>" for i in range(100)],
     "model_max_length": 226, "legacy": True}))
   return saved, pipeline_like, model_file
+
+
+def all_equations(jaxpr):
+  """Every equation of a jaxpr, those of its sub-jaxprs (jit, remat, scan, ...) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from all_equations(inner)

@@ -11,7 +11,7 @@ from diffusers import CogVideoXTransformer3DModel
 from flax import nnx
 
 from tests.models.test_dit import CONFIGS, _pipeline_rotary
-from tests.reference_models import randomize_norms
+from tests.reference_models import all_equations, randomize_norms
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import convert
 from wonderland_jax.errors import InputFileError, WonderlandError
@@ -115,18 +115,9 @@ def test_merged_lora_gives_the_same_output(targets):
   np.testing.assert_allclose(np.asarray(model(*inputs)), before, rtol=1e-5, atol=1e-5 * np.abs(before).max())
 
 
-def _dot_shapes(jaxpr, shapes=None):
+def _dot_shapes(jaxpr):
   """Output shapes of every dot_general in a jaxpr and its sub-jaxprs."""
-  shapes = [] if shapes is None else shapes
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      shapes.append(tuple(eqn.outvars[0].aval.shape))
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          _dot_shapes(inner, shapes)
-  return shapes
+  return [tuple(eqn.outvars[0].aval.shape) for eqn in all_equations(jaxpr) if eqn.primitive.name == "dot_general"]
 
 
 def test_only_branch_gradients_are_computed():

@@ -12,7 +12,7 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
 from flax import nnx
 
-from tests.reference_models import randomize_norms
+from tests.reference_models import all_equations, randomize_norms
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import ConversionError, cogvideox_transformer, convert, convert_state, open_source
 from wonderland_jax.errors import WonderlandError
@@ -155,17 +155,9 @@ def test_rule_tables_follow_the_config(tmp_path):
     convert_state(source, cogvideox_transformer.RULES_1_0, abstract)
 
 
-def _primitive_names(jaxpr, names=None):
+def _primitive_names(jaxpr):
   """Every primitive of a jaxpr, sub-jaxprs (jit, remat, ...) included."""
-  names = set() if names is None else names
-  for eqn in jaxpr.eqns:
-    names.add(eqn.primitive.name)
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          _primitive_names(inner, names)
-  return names
+  return {eqn.primitive.name for eqn in all_equations(jaxpr)}
 
 
 def test_remat_policies_keep_the_gradients():

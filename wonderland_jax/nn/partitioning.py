@@ -60,11 +60,17 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
   from wonderland_jax.checkpoints import logical_to_mesh_spec  # noqa: PLC0415 (checkpoints imports this module)
   spec = []
   for size, entry in zip(x.shape, logical_to_mesh_spec(names, _ACTIVATION_RULES[-1], mesh)):
-    mesh_axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-    kept, product = [], 1
-    for axis in mesh_axes:
-      if size % (product * mesh.shape[axis]) == 0:
-        kept.append(axis)
-        product *= mesh.shape[axis]
-    spec.append(tuple(kept) if len(kept) > 1 else kept[0] if kept else None)
+    kept = dividing_axes(size, () if entry is None else (entry,) if isinstance(entry, str) else entry, mesh)
+    spec.append(kept if len(kept) > 1 else kept[0] if kept else None)
   return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*spec))
+
+
+def dividing_axes(size: int, mesh_axes, mesh) -> tuple:
+  """The leading mesh axes (of `mesh_axes`, in order) whose sizes together divide a dimension of `size`: the
+  placement that needs no padding."""
+  kept, product = [], 1
+  for axis in mesh_axes:
+    if axis in mesh.axis_names and size % (product * mesh.shape[axis]) == 0:
+      kept.append(axis)
+      product *= mesh.shape[axis]
+  return tuple(kept)

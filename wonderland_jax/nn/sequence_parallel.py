@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec
 
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.nn.attention import dot_product_attention, finish, initial_carry, merge_block
+from wonderland_jax.nn.partitioning import dividing_axes
 
 METHODS = ("none", "ulysses", "ring")
 CONTEXT = "context"
@@ -39,14 +40,9 @@ def _axis_size(mesh, name: str) -> int:
 def _spec(mesh, batch_size: int) -> PartitionSpec:
   """(batch, tokens, heads, head_dim) placement inside the shard_map: the batch over 'data' x 'fsdp' as far as
   it divides (else those devices repeat the work), the heads over 'tensor'."""
-  batch, product = [], 1
-  for axis in ("data", "fsdp"):
-    size = _axis_size(mesh, axis) if axis in mesh.axis_names else 1
-    if size > 1 and batch_size % (product * size) == 0:
-      batch.append(axis)
-      product *= size
+  batch = tuple(axis for axis in dividing_axes(batch_size, ("data", "fsdp"), mesh) if _axis_size(mesh, axis) > 1)
   heads = "tensor" if "tensor" in mesh.axis_names else None
-  return PartitionSpec(tuple(batch) or None, CONTEXT, heads, None)
+  return PartitionSpec(batch or None, CONTEXT, heads, None)
 
 
 def sequence_parallel_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, method: str = "ring",

@@ -2,7 +2,7 @@
 its per-device memory and FLOPs, and the step time they imply on an accelerator at a given MFU.
 
     plan = plan_training(task, config, make_mesh("data=8,fsdp=8"))
-    print(plan.table(ACCELERATORS["h100"], mfu=0.4))
+    table = plan.table(ACCELERATORS["h100"], mfu=0.4)      # a Markdown table; plan.to_dict(...) for JSON
 
 `wonderland plan` runs this on fake CPU devices (`--xla_force_host_platform_device_count`) in a subprocess, so
 a 256-device plan needs no accelerator. Figures are XLA's for the compiled SPMD program: `memory_analysis()`
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 
 import jax
 import ml_collections
@@ -63,7 +64,7 @@ class Plan:
 
   @property
   def devices(self) -> int:
-    return int(jax.numpy.prod(jax.numpy.asarray(list(self.mesh.values()))))
+    return math.prod(self.mesh.values())
 
   @property
   def peak_bytes(self) -> int:
