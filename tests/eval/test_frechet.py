@@ -10,7 +10,7 @@ from wonderland_jax.eval.frechet import FeatureStatistics, feature_statistics, f
 
 def _pytorch_fid_distance(mu1, sigma1, mu2, sigma2):
   """pytorch-fid's calculate_frechet_distance (without its singular-product offset, not needed here)."""
-  covmean, _ = scipy.linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+  covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
   covmean = covmean.real
   diff = mu1 - mu2
   return diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
