@@ -12,6 +12,8 @@ from scipy.spatial.transform import Rotation
 from wonderland_jax.camera import (
   PoseSequence,
   make_trajectory,
+  read_colmap,
+  read_colmap_binary,
   read_colmap_text,
   read_nerfstudio,
   read_pose_file,
@@ -246,3 +248,51 @@ def test_colmap_errors(tmp_path):
     read_colmap_text(tmp_path / "sparse")
   with pytest.raises(InputFileError, match="neither transforms.json nor a COLMAP"):
     read_pose_file(tmp_path / "sparse")
+
+
+def write_colmap_binary(directory, *, model_id_2: int = 2) -> None:
+  """The same model as `write_colmap`, in COLMAP's binary format (src/colmap/scene/reconstruction_io.cc:
+  little-endian; cameras: u64 count, then i32 id, i32 model id, u64 width, u64 height, f64 params; images: u64
+  count, then i32 id, 4 f64 qvec, 3 f64 tvec, i32 camera id, NUL-terminated name, u64 num points, 24 B each).
+  model_id_2: camera 2's model id (2: SIMPLE_RADIAL; 5: OPENCV_FISHEYE, which we refuse)."""
+  import struct  # noqa: PLC0415
+  directory.mkdir(parents=True, exist_ok=True)
+  cameras = struct.pack("<Q", 2)
+  cameras += struct.pack("<iiQQ4d", 1, 1, 640, 480, 500.0, 505.0, 320.0, 240.0)
+  params_2 = (450.0, 319.5, 239.5, 0.0) if model_id_2 == 2 else (450.0, 450.0, 319.5, 239.5, 0.1, 0.0, 0.0, 0.0)
+  cameras += struct.pack(f"<iiQQ{len(params_2)}d", 2, model_id_2, 640, 480, *params_2)
+  (directory / "cameras.bin").write_bytes(cameras)
+  images = struct.pack("<Q", 3)
+  for image_id, camera_id, name, num_points in ((1, 1, "frame_b.jpg", 2), (2, 1, "frame_c.jpg", 0),
+                                                (3, 2, "frame_a.jpg", 1)):
+    images += struct.pack("<i7di", image_id, *QUATERNIONS[image_id - 1], *TRANSLATIONS[image_id - 1], camera_id)
+    images += name.encode() + b"\0" + struct.pack("<Q", num_points)
+    images += b"".join(struct.pack("<ddq", 1.5 * k, 2.5, -1) for k in range(num_points))
+  (directory / "images.bin").write_bytes(images)
+
+
+def test_read_colmap_binary_equals_text(tmp_path):
+  write_colmap(tmp_path / "text")
+  write_colmap_binary(tmp_path / "binary" / "sparse" / "0")
+  text = read_colmap_text(tmp_path / "text")
+  for binary in (read_colmap_binary(tmp_path / "binary"), read_colmap(tmp_path / "binary"),
+                 read_pose_file(tmp_path / "binary")):
+    assert binary.names == text.names
+    np.testing.assert_allclose(binary.cameras.viewmat, text.cameras.viewmat, atol=1e-7)
+    np.testing.assert_allclose(binary.cameras.K, text.cameras.K)
+    assert (binary.cameras.width, binary.cameras.height) == (640, 480)
+
+
+def test_read_colmap_binary_errors(tmp_path):
+  write_colmap_binary(tmp_path, model_id_2=5)
+  with pytest.raises(InputFileError, match=r"cameras\.bin: camera 2: unsupported camera model 'OPENCV_FISHEYE'"):
+    read_colmap_binary(tmp_path)
+  write_colmap_binary(tmp_path)
+  data = (tmp_path / "images.bin").read_bytes()
+  (tmp_path / "images.bin").write_bytes(data[:-10])
+  with pytest.raises(InputFileError, match=r"images\.bin: truncated"):
+    read_colmap_binary(tmp_path)
+  with pytest.raises(InputFileError, match="it has a binary model"):
+    read_colmap_text(tmp_path)
+  with pytest.raises(InputFileError, match="no cameras.bin and images.bin"):
+    read_colmap_binary(tmp_path / "nothing")

@@ -3,6 +3,8 @@
 from wonderland_jax.camera.camera import Camera, intrinsics_matrix, rigid_inverse
 from wonderland_jax.camera.io import (
   PoseSequence,
+  read_colmap,
+  read_colmap_binary,
   read_colmap_text,
   read_nerfstudio,
   read_pose_file,

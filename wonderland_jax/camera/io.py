@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -188,15 +189,41 @@ def read_colmap_text(model_dir) -> PoseSequence:
     raise InputFileError(f"{model_dir}: no such directory (expected a COLMAP text model)")
   found = _colmap_model_dir(model_dir)
   if found is None:
-    hint = (" (it has a binary model; convert it with `colmap model_converter --output_type TXT`)"
-            if any(model_dir.glob("**/cameras.bin")) else "")
+    hint = (" (it has a binary model: read it with read_colmap_binary)"
+            if _colmap_model_dir(model_dir, "bin") is not None else "")
     raise InputFileError(f"{model_dir}: no cameras.txt and images.txt here or in sparse/0/{hint}")
   colmap_cameras = _read_colmap_cameras(found / "cameras.txt")
-  images = _read_colmap_images(found / "images.txt", colmap_cameras)
-  images.sort(key=lambda image: image[0])
+  return _colmap_sequence(colmap_cameras, _read_colmap_images(found / "images.txt", colmap_cameras),
+                          found / "images.txt")
+
+
+def read_colmap_binary(model_dir) -> PoseSequence:
+  """Reads a COLMAP binary model (what `colmap mapper` writes): `cameras.bin` and `images.bin` in `model_dir`
+  (or its `sparse/0/`). Same conventions and camera models as `read_colmap_text`; only registered images are
+  in the model, so a partial reconstruction gives fewer cameras than frames (match them by `names`)."""
+  model_dir = Path(model_dir)
+  found = _colmap_model_dir(model_dir, "bin") if model_dir.is_dir() else None
+  if found is None:
+    raise InputFileError(f"{model_dir}: no cameras.bin and images.bin here or in sparse/0/")
+  colmap_cameras = _read_colmap_cameras_bin(found / "cameras.bin")
+  return _colmap_sequence(colmap_cameras, _read_colmap_images_bin(found / "images.bin", colmap_cameras),
+                          found / "images.bin")
+
+
+def read_colmap(model_dir) -> PoseSequence:
+  """A COLMAP model in `model_dir` (or its sparse/0/), text or binary (text preferred when both are there)."""
+  model_dir = Path(model_dir)
+  if model_dir.is_dir() and _colmap_model_dir(model_dir) is None and _colmap_model_dir(model_dir, "bin"):
+    return read_colmap_binary(model_dir)
+  return read_colmap_text(model_dir)
+
+
+def _colmap_sequence(colmap_cameras: dict, images: list[tuple[str, int, np.ndarray]], path: Path) -> PoseSequence:
+  """Cameras of the images sorted by name; `path` is named when their image sizes differ."""
+  images = sorted(images, key=lambda image: image[0])
   sizes = [(f"image {name!r} (camera {camera_id})", *colmap_cameras[camera_id][:2])
            for name, camera_id, _ in images]
-  width, height = _shared_image_size(sizes, found / "images.txt")
+  width, height = _shared_image_size(sizes, path)
   intrinsics = np.array([colmap_cameras[camera_id][2] for _, camera_id, _ in images])  # (F, 4)
   viewmat = np.stack([image[2] for image in images])
   cameras = _make_cameras(viewmat, _intrinsics(*intrinsics.T), width, height)
@@ -208,7 +235,7 @@ def read_pose_file(path, width: int | None = None, height: int | None = None) ->
 
   * a directory with transforms.json, or a *.json file -> `read_nerfstudio`;
   * a directory with cameras.txt and images.txt (directly or in sparse/0/), or one of those two files
-    -> `read_colmap_text`;
+    -> `read_colmap_text`; with cameras.bin and images.bin instead -> `read_colmap_binary`;
   * any other file (typically *.txt) -> `read_realestate10k`, which needs width and height.
 
   For nerfstudio and COLMAP, which store pixel intrinsics, a given width/height resizes the cameras
@@ -222,11 +249,11 @@ def read_pose_file(path, width: int | None = None, height: int | None = None) ->
   if path.is_dir():
     if (path / "transforms.json").is_file():
       poses = read_nerfstudio(path)
-    elif _colmap_model_dir(path) is not None:
-      poses = read_colmap_text(path)
+    elif _colmap_model_dir(path) is not None or _colmap_model_dir(path, "bin") is not None:
+      poses = read_colmap(path)
     else:
-      raise InputFileError(f"{path}: directory has neither transforms.json nor a COLMAP text model "
-                           "(cameras.txt + images.txt, or sparse/0/)")
+      raise InputFileError(f"{path}: directory has neither transforms.json nor a COLMAP model "
+                           "(cameras.txt + images.txt or cameras.bin + images.bin, or in sparse/0/)")
   elif path.suffix.lower() == ".json":
     poses = read_nerfstudio(path)
   elif path.name in ("cameras.txt", "images.txt") and _colmap_model_dir(path.parent) is not None:
@@ -311,11 +338,91 @@ def _quaternion_wxyz_to_rotation(quaternion: np.ndarray) -> np.ndarray:
   ])
 
 
-def _colmap_model_dir(directory: Path) -> Path | None:
+def _colmap_model_dir(directory: Path, extension: str = "txt") -> Path | None:
   for candidate in (directory, directory / "sparse" / "0"):
-    if (candidate / "cameras.txt").is_file() and (candidate / "images.txt").is_file():
+    if (candidate / f"cameras.{extension}").is_file() and (candidate / f"images.{extension}").is_file():
       return candidate
   return None
+
+
+# COLMAP's binary model ids (src/colmap/sensor/models.h) -> (name, number of params); only the names in
+# COLMAP_MODELS are read, the others are refused by name.
+COLMAP_MODEL_IDS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
+                    4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
+                    8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12)}
+
+
+class _BinaryReader:
+  """Little-endian fields of a COLMAP .bin file; a truncated file is an InputFileError naming it."""
+
+  def __init__(self, path: Path):
+    self.path = path
+    try:
+      self.data = path.read_bytes()
+    except OSError as err:
+      raise InputFileError(f"{path}: cannot read: {err.strerror}") from None
+    self.offset = 0
+
+  def read(self, format: str) -> tuple:
+    size = struct.calcsize("<" + format)
+    if self.offset + size > len(self.data):
+      raise InputFileError(f"{self.path}: truncated at byte {self.offset} (not a COLMAP binary model?)")
+    values = struct.unpack_from("<" + format, self.data, self.offset)
+    self.offset += size
+    return values
+
+  def string(self) -> str:
+    end = self.data.find(b"\0", self.offset)
+    if end < 0:
+      raise InputFileError(f"{self.path}: truncated image name at byte {self.offset}")
+    name = self.data[self.offset:end].decode("utf-8", errors="replace")
+    self.offset = end + 1
+    return name
+
+
+def _read_colmap_cameras_bin(path: Path) -> dict[int, tuple[int, int, tuple[float, float, float, float]]]:
+  """cameras.bin -> {camera_id: (width, height, (fx, fy, cx, cy))}."""
+  reader, colmap_cameras, distorted = _BinaryReader(path), {}, False
+  (count,) = reader.read("Q")
+  for _ in range(count):
+    camera_id, model_id, width, height = reader.read("iiQQ")
+    if model_id not in COLMAP_MODEL_IDS:
+      raise InputFileError(f"{path}: camera {camera_id} has unknown model id {model_id}")
+    model, num_params = COLMAP_MODEL_IDS[model_id]
+    params = np.array(reader.read(f"{num_params}d"))
+    if model not in COLMAP_MODELS:
+      raise InputFileError(f"{path}: camera {camera_id}: unsupported camera model {model!r}; supported: "
+                           f"{', '.join(COLMAP_MODELS)}")
+    fx, fy, cx, cy = COLMAP_MODELS[model][1]
+    distorted |= bool(np.any(params[max(fx, fy, cx, cy) + 1:] != 0))
+    colmap_cameras[camera_id] = (width, height, (params[fx], params[fy], params[cx], params[cy]))
+  if not colmap_cameras:
+    raise InputFileError(f"{path}: no cameras")
+  if distorted:
+    logger.warning("%s: ignoring nonzero lens distortion (cameras are treated as pinhole)", path)
+  return colmap_cameras
+
+
+def _read_colmap_images_bin(path: Path, colmap_cameras: dict) -> list[tuple[str, int, np.ndarray]]:
+  """images.bin -> [(name, camera_id, (3, 4) world->camera)] (the 2D points are skipped)."""
+  reader, images = _BinaryReader(path), []
+  (count,) = reader.read("Q")
+  for _ in range(count):
+    image_id, *pose, camera_id = reader.read("i7di")
+    name = reader.string()
+    (num_points,) = reader.read("Q")
+    reader.read(f"{24 * num_points}x")  # (x, y, point3D_id) per point: float64, float64, int64
+    if camera_id not in colmap_cameras:
+      raise InputFileError(f"{path}: image {image_id} ({name!r}) has CAMERA_ID {camera_id}, not in cameras.bin")
+    pose = np.array(pose)
+    quaternion_norm = np.linalg.norm(pose[:4])
+    if not np.all(np.isfinite(pose)) or quaternion_norm < 1e-8:
+      raise InputFileError(f"{path}: image {image_id} ({name!r}) has a zero or non-finite pose")
+    viewmat = np.concatenate([_quaternion_wxyz_to_rotation(pose[:4] / quaternion_norm), pose[4:, None]], 1)
+    images.append((name, camera_id, viewmat))
+  if not images:
+    raise InputFileError(f"{path}: no registered images")
+  return images
 
 
 def _make_cameras(viewmat: np.ndarray, K: np.ndarray, width: int, height: int) -> Camera:
