@@ -30,6 +30,7 @@ from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
 from wonderland_jax.demo import run_demo
 from wonderland_jax.diffusion.pipeline import VideoPipeline, resize_image
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.eval import command as eval_command
 from wonderland_jax.io_utils import (VIDEO_EXTENSIONS, atomic_directory, atomic_path, read_image, write_json,
                                      write_png_dir, write_video)
 from wonderland_jax.splat import load_ply
@@ -221,6 +222,15 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
   run_demo(Path(args.out), steps=args.steps, seed=args.seed)
+
+
+def _eval(args: argparse.Namespace) -> None:
+  from wonderland_jax.eval.command import run  # noqa: PLC0415 (keeps the CLI light)
+  from wonderland_jax.eval.protocol import markdown_table  # noqa: PLC0415
+  row = run(args)
+  print(markdown_table(args.kind, [row]), end="")
+  print(f"wonderland eval {args.kind}: {row['clips']} clips; tables in {Path(args.out) / 'results.md'} and "
+        f"{Path(args.out) / 'results.json'}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -448,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--steps", type=_positive_int, default=300, help="optimisation steps")
   demo.add_argument("--seed", type=int, default=0)
   demo.set_defaults(run=_demo)
+
+  eval_command.add_parser(commands, _positive_int, _size, _eval)
 
   converting = commands.add_parser("convert", help="import a public diffusers checkpoint (safetensors) into a "
                                                    "wonderland checkpoint (Orbax params + model config)")
