@@ -26,8 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # random_config: CogVideoX-5B-I2V's transformer config.json, used when --config.base.pipeline="" (timing with
   # random weights) and by `wonderland plan`.
-  config.base = dict(pipeline="checkpoints/cogvideox-5b-i2v", seed=0, param_dtype="bfloat16", dtype="bfloat16",
-                     attention="xla", remat="full", sequence_parallel="none", random_config=dict(
+  config.base = dict(pipeline="checkpoints/cogvideox-5b-i2v", seed=0, trainable=False, param_dtype="bfloat16",
+                     dtype="bfloat16", attention="xla", remat="full", sequence_parallel="none", random_config=dict(
                          num_attention_heads=48, attention_head_dim=64, in_channels=32, out_channels=16,
                          flip_sin_to_cos=True, freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=42,
                          attention_bias=True, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,

@@ -20,8 +20,8 @@ from wonderland_jax.train.camera_dit import COGVIDEOX_I2V_SCHEDULER
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # dtype / attention / remat / sequence_parallel: "" = the base's own setting.
-  config.base = dict(pipeline="", seed=0, param_dtype="float32", dtype="", attention="", remat="",
+  # dtype / attention / remat / sequence_parallel: "" = the base's own setting. trainable: the base trains too.
+  config.base = dict(pipeline="", seed=0, trainable=False, param_dtype="float32", dtype="", attention="", remat="",
                      sequence_parallel="",
                      random_config=dict(num_attention_heads=2, attention_head_dim=32, in_channels=32, out_channels=16,
                                         time_embed_dim=64, text_embed_dim=32, num_layers=4, sample_height=4,

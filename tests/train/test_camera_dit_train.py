@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from tests.diffusion import test_pipeline
+from wonderland_jax import checkpoints
 from wonderland_jax.cli import main
 from wonderland_jax.diffusion.schedulers import add_noise, get_velocity, make_tables
 from wonderland_jax.models import camera_dit
@@ -100,6 +101,30 @@ def test_trains_from_a_converted_pipeline_and_caches_the_text_embeddings(tmp_pat
   np.savez(cache, prompt=np.zeros((3, 16)), empty=np.zeros((3, 16)))
   with pytest.raises(Exception, match=r"text.npz: embeddings of shape \(3, 16\)"):
     trainer.text_embeddings(config, model.config)
+
+
+def test_trainable_base_trains_and_is_exported_next_to_the_branch(tmp_path, converted):
+  args = ["--config.base.pipeline=" + str(converted), "--config.base.random_config={}",
+          "--config.base.trainable=True", "--config.camera.spatial_compression=4",
+          "--config.camera.controlnet_layers=1", "--config.camera.lora_rank=2", "--config.camera.encoder_channels=8",
+          "--config.train.batch_size=1", "--config.train.eval_every=0", "--config.train.checkpoint_every=3"]
+  run = tmp_path / "run"
+  assert main(["train", "camera-dit", "--config", "camera_dit_tiny", "--workdir", str(run),
+               "--config.train.steps=3", *args]) == 0
+  # Every param of the camera DiT trains: the checkpoint holds the base's own weights (with Adam moments).
+  state = ocp.StandardCheckpointer().restore((run / "checkpoints" / "3" / "state").absolute())
+  keys = _flat_keys(state["params"])
+  assert any(key.startswith("dit/base/") and "/lora/" not in key for key in keys)
+  assert not any(key.startswith("vae/") for key in keys)
+  # The trained base is written next to the branch although it came from the pipeline, and it has moved.
+  kind, _, _ = checkpoints.read_description(run / "base_transformer")
+  assert kind == "cogvideox_transformer"
+  original, trained = checkpoints.load(converted / "transformer"), checkpoints.load(run / "base_transformer")
+  before = original.transformer_blocks[0].attn1.to_q.kernel[...]
+  after = trained.transformer_blocks[0].attn1.to_q.kernel[...]
+  assert before.shape == after.shape and not np.array_equal(before, after)
+  model = camera_dit.load(run / "base_transformer", run / "model")
+  np.testing.assert_array_equal(model.base.transformer_blocks[0].attn1.to_q.kernel[...], after)
 
 
 def test_objective_is_the_v_prediction_target():

@@ -17,9 +17,11 @@ pipeline) and cached in `text.embeddings` (.npz), or zeros without a text encode
 cameras become Plücker rays in the first camera's frame (the data pipeline re-bases and scales the poses).
 
 Trainable: the branch params (`camera_dit.BRANCH`); the base's params are frozen (no gradients, no optimizer
-state) and stored in `base.param_dtype` (bfloat16 for the 5B model). The export (`<workdir>/model`) is the
-branch alone (`camera_dit.save_branch`); with a random base (tiny config) the base is written next to it
-(`<workdir>/base_transformer`) so `camera_dit.load(base, branch)` and `wonderland generate-video` can use it.
+state) and stored in `base.param_dtype` (bfloat16 for the 5B model). With `base.trainable=True` every param of
+the camera DiT trains, base included (in float32: the tiny demo's base learns the synthetic clips). The export
+(`<workdir>/model`) is the branch alone (`camera_dit.save_branch`); with a random base (tiny config) or a
+trained one (`base.trainable`) the base is written next to it (`<workdir>/base_transformer`, kind
+`cogvideox_transformer`) so `camera_dit.load(base, branch)` and `wonderland generate-video` can use it.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class CameraDiTTrainee(nnx.Module):
   def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs):
     base = load_base(config, rngs)
     self.dit = CameraDiT(base, CameraConfig.from_dict(config.camera.to_dict()), rngs=rngs)
-    _cast_frozen(self.dit, str(config.base.get("param_dtype", "float32")))
+    if not base_trainable(config):
+      _cast_frozen(self.dit, str(config.base.get("param_dtype", "float32")))
     self.vae = load_vae(_vae_config(config))
     prompt, empty = text_embeddings(config, base.config)
     self.prompt_embeds, self.empty_embeds = Constant(jnp.asarray(prompt)), Constant(jnp.asarray(empty))
@@ -75,6 +78,11 @@ class CameraDiTTrainee(nnx.Module):
     if 2 * latent_channels != base.config.in_channels:
       raise WonderlandError(f"the base transformer takes {base.config.in_channels} channels; the VAE's latents have "
                             f"{latent_channels} (image-to-video needs 2 x latent channels)")
+
+
+def base_trainable(config: ml_collections.ConfigDict) -> bool:
+  """`base.trainable`: the base transformer trains with the branches (default False: frozen)."""
+  return bool(config.base.get("trainable", False))
 
 
 def _pipeline_dir(config) -> Path | None:
@@ -257,11 +265,12 @@ def camera_dit_task(config: ml_collections.ConfigDict) -> Task:
 
   def export(model: CameraDiTTrainee, config, directory: Path):
     camera_dit.save_branch(directory, model.dit, overwrite=True, metadata={"trained_with": config.to_dict()})
-    if _pipeline_dir(config) is None:
+    if _pipeline_dir(config) is None or base_trainable(config):
       base = model.dit.base
       params = nnx.to_pure_dict(nnx.state(base, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))
       checkpoints.save(directory.parent / "base_transformer", params, kind="cogvideox_transformer",
                        config=base.config.to_dict(), overwrite=True)
+    if _pipeline_dir(config) is None:
       if not config.vae.get("checkpoint"):
         checkpoints.save(directory.parent / "vae", model.vae, kind="cogvideox_vae",
                          config=model.vae.config.to_dict(), overwrite=True)
@@ -270,7 +279,8 @@ def camera_dit_task(config: ml_collections.ConfigDict) -> Task:
   return Task(name="camera-dit", build_model=CameraDiTTrainee,
               loss_fn=functools.partial(camera_dit_loss, config=config, tables=tables),
               make_iterator=pipeline.make_train_iterator,
-              trainable=_trainee_branch, evaluate=evaluate, export=export, abstract_batch=abstract_batch)
+              trainable=_trainee_dit if base_trainable(config) else _trainee_branch, evaluate=evaluate,
+              export=export, abstract_batch=abstract_batch)
 
 
 def abstract_batch(config: ml_collections.ConfigDict) -> dict:
@@ -306,3 +316,8 @@ def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 def _trainee_branch(path, value) -> bool:
   """The trainable params of a `CameraDiTTrainee`: the branch params of its `dit`."""
   return len(path) > 1 and path[0] == "dit" and camera_dit.BRANCH(path[1:], value)
+
+
+def _trainee_dit(path, value) -> bool:
+  """The trainable params of a `CameraDiTTrainee` with `base.trainable`: every param of its `dit`."""
+  return path[0] == "dit" and isinstance(value, nnx.Param)
