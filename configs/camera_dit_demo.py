@@ -1,0 +1,55 @@
+"""The demo's camera-guided transformer: configs/camera_dit_tiny.py with its base TRAINED too, on the clips the
+tiny VAE and LaLRM see (synthetic scenes over a black background), from the tiny pipeline the demo builder writes.
+
+    python -m wonderland_jax.demo.build --workdir runs/demo --out wonderland_jax/demo/weights   # runs all of it
+    wonderland train camera-dit --config configs/camera_dit_demo.py --workdir runs/demo/camera_dit \
+        --config.base.pipeline=runs/demo/pipeline
+
+`base.pipeline` is the builder's tiny converted pipeline (`wonderland_jax.demo.build.write_pipeline`: a random
+4-block base transformer, the trained tiny VAE, a random tiny T5 and sentencepiece tokenizer, the CogVideoX-5B-I2V
+scheduler); the base starts from its random weights and every param of the camera DiT trains
+(`base.trainable`): a random frozen base cannot make meaningful videos. Text: the pipeline's T5 embeddings of
+the empty prompt (the demo samples with the prompt ""), so training and sampling see the same embeddings.
+The export: <workdir>/model (the branch) and <workdir>/base_transformer (the trained base); the demo's pipeline
+is the builder's with that base swapped in. Figures: docs/demo.md.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from wonderland_jax.train.camera_dit import COGVIDEOX_I2V_SCHEDULER
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # random_config: the shapes the builder gives the pipeline's random base (and `wonderland plan` reads).
+  config.base = dict(pipeline="runs/demo/pipeline", seed=0, trainable=True, param_dtype="float32", dtype="",
+                     attention="", remat="", sequence_parallel="",
+                     random_config=dict(num_attention_heads=2, attention_head_dim=32, in_channels=32, out_channels=16,
+                                        time_embed_dim=64, text_embed_dim=32, num_layers=4, sample_height=4,
+                                        sample_width=4, sample_frames=9, max_text_seq_length=8,
+                                        use_rotary_positional_embeddings=True,
+                                        use_learned_positional_embeddings=True, dtype="float32", attention="xla",
+                                        remat="none"))
+  config.camera = dict(branches="dual", controlnet_layers=2, lora_rank=8, lora_alpha=placeholder(float),
+                       lora_targets=("attn",), encoder_channels=32, spatial_compression=8)
+  # The pipeline's VAE (the trained tiny one) unless set.
+  config.vae = dict(checkpoint="", seed=0, random_config=dict(
+      block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16,
+      temporal_compression_ratio=4, sample_height=32, sample_width=32))
+  # The empty prompt for every clip: no dropout needed (the unconditional embeddings are the same).
+  config.text = dict(embeddings="", prompt="", dropout=0.0)
+  config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)  # unused: the pipeline's scheduler_config.json is read
+  config.objective = dict(image_noise_mean=-3.0, image_noise_std=0.5)
+  config.data = dict(source="synthetic", num_frames=9, height=32, width=32, num_target_seen=0, num_target_unseen=0,
+                     num_train_scenes=100_000, num_eval_scenes=8, eval_seed=1, shuffle_seed=0, worker_threads=0,
+                     on_error="skip", format=placeholder(str), root=placeholder(str), eval_root=placeholder(str),
+                     images_dir=placeholder(str), stride=placeholder(tuple), scale_mode="max_distance",
+                     scale_target=1.0, synthetic_background=(0.0, 0.0, 0.0))  # as the VAE's and the LaLRM's
+  config.train = dict(steps=3000, batch_size=8, grad_accum=1, log_every=50, checkpoint_every=250,
+                      keep_checkpoints=2, eval_every=500, nonfinite="skip", async_checkpoints=True)
+  config.optimizer = dict(learning_rate=1e-3, warmup_steps=100, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
+                          clip_norm=1.0, final_lr_fraction=0.05, schedule="cosine")
+  config.parallel = dict(mesh="", dcn="", rules=placeholder(list))
+  return config

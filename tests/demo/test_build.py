@@ -1,0 +1,51 @@
+"""The demo builder's tiny converted pipeline (no training): it loads with `VideoPipeline.load`, its T5 embeds
+the empty prompt at the transformer's text width, and it samples a video."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from wonderland_jax import checkpoints
+from wonderland_jax.convert.pipeline import PIPELINE_JSON, read_pipeline
+from wonderland_jax.demo.build import write_pipeline
+from wonderland_jax.diffusion.pipeline import VideoPipeline
+from wonderland_jax.models.t5 import encode_prompt
+from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
+from wonderland_jax.train.config import load_config
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+  config = load_config("vae_tiny").model.to_dict()
+  vae = CogVideoXVAE(VAEConfig.from_diffusers(config), rngs=nnx.Rngs(0))
+  return checkpoints.save(tmp_path_factory.mktemp("vae") / "model", vae, kind="cogvideox_vae",
+                          config=vae.config.to_dict())
+
+
+def test_write_pipeline_loads_as_a_converted_pipeline(tmp_path, vae_dir):
+  base = load_config("camera_dit_demo").base
+  out = write_pipeline(tmp_path / "pipeline", vae_dir, base.random_config.to_dict(), seed=int(base.seed))
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      ["transformer", "vae", "text_encoder", "tokenizer", "scheduler", PIPELINE_JSON])
+  assert read_pipeline(out)["components"] == ["transformer", "vae", "text_encoder", "tokenizer", "scheduler"]
+  pipe = VideoPipeline.load(out)
+  assert pipe.default_size == (32, 32) and pipe.scheduler.prediction_type == "v_prediction"
+  assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["rescale_betas_zero_snr"] is True
+  embeds = encode_prompt(pipe.tokenizer, pipe.text_encoder, ["", "a castle at dusk"], 8)
+  assert embeds.shape == (2, 8, 32) and np.all(np.isfinite(embeds))
+  assert float(np.abs(embeds[0] - embeds[1]).max()) > 1e-3
+  latents, frames = pipe.generate(np.zeros((32, 32, 3)), "", num_frames=9, num_inference_steps=1,
+                                  guidance_scale=1.0, key=jax.random.key(0))
+  assert latents.shape == (1, 3, 4, 4, 16) and frames.shape == (9, 32, 32, 3)
+  # The same build writes the same random weights; an existing directory is not replaced by accident.
+  again = write_pipeline(tmp_path / "again", vae_dir, base.random_config.to_dict(), seed=int(base.seed))
+  np.testing.assert_array_equal(checkpoints.load(again / "transformer").proj_out.kernel[...],
+                                pipe.transformer.proj_out.kernel[...])
+  with pytest.raises(Exception, match="already exists"):
+    write_pipeline(out, vae_dir, base.random_config.to_dict())
+  with pytest.raises(Exception, match="not a VAE"):
+    write_pipeline(tmp_path / "bad", out / "transformer", base.random_config.to_dict())
+  assert not (tmp_path / "bad").exists()
