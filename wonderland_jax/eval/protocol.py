@@ -162,7 +162,7 @@ def similarity(networks: MetricNetworks, generated: np.ndarray, reference: np.nd
   reference = np.asarray(reference, np.float32)
   per_frame = {"psnr": np.asarray(psnr(generated, reference)), "ssim": np.asarray(ssim(generated, reference))}
   if networks.lpips is not None:
-    per_frame["lpips"] = _batched(lambda x: networks.lpips(x[0], x[1]), np.stack([generated, reference], 1), 8)
+    per_frame["lpips"] = _batched(lambda x: networks.lpips(x[:, 0], x[:, 1]), np.stack([generated, reference], 1), 8)
   return {name: float(np.mean(values)) for name, values in per_frame.items()} | {
     "per_frame": {name: values.tolist() for name, values in per_frame.items()}}
 
