@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from tests import test_generate_pipeline
 from tests.diffusion import test_camera_pipeline, test_pipeline
-from tests.test_generate_pipeline import lalrm  # noqa: F401 (a module fixture: the tiny LaLRM)
 from wonderland_jax.cli import main
 from wonderland_jax.data import write_synthetic_dataset
 from wonderland_jax.data.scenes import scan_dataset
@@ -23,6 +23,7 @@ from wonderland_jax.eval.protocol import (EvalRun, MetricNetworks, clip_inputs, 
 
 converted = test_pipeline.converted  # a converted tiny CogVideoX pipeline (32x32 videos, 4x VAE)
 branch = test_camera_pipeline.branch  # a random camera branch on it
+lalrm = test_generate_pipeline.lalrm  # a random tiny LaLRM reading its latents
 NUM_SCENES, SCENE_FRAMES = 3, 24
 
 
@@ -147,7 +148,7 @@ def test_eval_video_cli_resumes_and_refuses_other_settings(converted, branch, da
   assert "other settings (seed)" in capsys.readouterr().err
 
 
-def test_eval_scene_cli(converted, branch, lalrm, dataset, tmp_path, capsys):  # noqa: F811
+def test_eval_scene_cli(converted, branch, lalrm, dataset, tmp_path, capsys):
   out = tmp_path / "es"
   assert main(_eval_flags(converted, branch, dataset, out, "scene") + ["--lalrm", str(lalrm), "--num", "1"]) == 0
   assert "| Dataset | LPIPS | PSNR | SSIM | Clips |" in capsys.readouterr().out
