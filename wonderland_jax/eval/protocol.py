@@ -144,11 +144,15 @@ class MetricNetworks:
       from wonderland_jax.models.vgg import load_lpips  # noqa: PLC0415
       networks.lpips = _jitted(load_lpips(lpips_vgg, lpips_heads, "vgg"))
     if inception is not None:
-      from wonderland_jax.models.inception import load_fid_inception  # noqa: PLC0415
-      networks.inception = _jitted(load_fid_inception(inception))
+      from wonderland_jax.models.inception import fid_features, load_fid_inception  # noqa: PLC0415
+      inception_model = load_fid_inception(inception)
+      networks.inception = lambda images: fid_features(inception_model, images, 16)
     if i3d is not None:
-      from wonderland_jax.models.i3d import load_i3d  # noqa: PLC0415
-      networks.i3d = _jitted(load_i3d(i3d))
+      from wonderland_jax.models.i3d import fvd_features, load_i3d  # noqa: PLC0415
+      i3d_model = load_i3d(i3d)
+      # Through uint8 (truncating), as the reference FVD code feeds its videos.
+      networks.i3d = lambda videos: fvd_features(i3d_model, (np.clip(videos, 0, 1) * 255).astype(np.uint8),
+                                                 batch_size=1)
     return networks
 
 
@@ -212,8 +216,8 @@ def evaluate_video_clip(run: EvalRun, clip: EvalClip, generate: Generate,
   write_realestate10k(staging / "cameras.txt", PoseSequence(cameras, [str(i) for i in clip.indices]))
   features = {}
   if run.networks.inception is not None:
-    features["inception_generated"] = _batched(run.networks.inception, generated, 16)
-    features["inception_reference"] = _batched(run.networks.inception, reference, 16)
+    features["inception_generated"] = run.networks.inception(generated)
+    features["inception_reference"] = run.networks.inception(reference)
   if run.networks.i3d is not None:
     features["i3d_generated"] = run.networks.i3d(generated[None])
     features["i3d_reference"] = run.networks.i3d(reference[None])
