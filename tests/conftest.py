@@ -1,4 +1,5 @@
-"""Test set-up: 8 fake CPU devices (set before jax is imported) and offline Hugging Face."""
+"""Test set-up: 8 fake CPU devices (set before jax is imported), offline Hugging Face, and the tiny models several
+test modules share, built once per session (read-only: a test that changes one copies it first)."""
 
 import os
 
@@ -7,3 +8,26 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402 (after the environment above)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+  """A converted tiny CogVideoX pipeline: 4x VAE, 4 latent channels, 8x8 latents (32x32 videos)."""
+  from tests.diffusion.test_pipeline import make_converted  # noqa: PLC0415 (torch / diffusers, when used)
+  return make_converted(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def branch(converted, tmp_path_factory):
+  """A camera branch with random weights on `converted`'s transformer."""
+  from tests.diffusion.test_camera_pipeline import make_branch  # noqa: PLC0415
+  return make_branch(converted, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def lalrm(tmp_path_factory):
+  """A random tiny LaLRM reading `converted`'s latents."""
+  from tests.test_generate_pipeline import make_lalrm  # noqa: PLC0415
+  return make_lalrm(tmp_path_factory)

@@ -6,10 +6,9 @@ import json
 import imageio.v3 as iio
 import jax
 import numpy as np
-import pytest
 from flax import nnx
 
-from tests.diffusion import test_camera_pipeline, test_pipeline
+from tests.diffusion import test_camera_pipeline
 from wonderland_jax import checkpoints
 from wonderland_jax.camera import make_trajectory
 from wonderland_jax.cli import main
@@ -18,8 +17,6 @@ from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.reconstruct import reconstruct_latents
 from wonderland_jax.splat import load_ply
 
-converted = test_pipeline.converted  # a converted tiny CogVideoX pipeline: 4x VAE, 4 latent channels, 8x8 latents
-branch = test_camera_pipeline.branch  # a random camera branch on its transformer
 
 # Reads the tiny VAE's latents: 32x32 video -> 8x8 latents -> 4x4 tokens -> one Gaussian per 2x2 pixels.
 TINY = dict(latent_channels=4, spatial_compression=4, temporal_compression=4, patch_size=2, gaussian_stride=4,
@@ -31,8 +28,7 @@ def _save_lalrm(directory, **overrides):
   return checkpoints.save(directory, LaLRM(config, rngs=nnx.Rngs(0)), kind="lalrm", config=config.to_dict())
 
 
-@pytest.fixture(scope="module")
-def lalrm(tmp_path_factory):
+def make_lalrm(tmp_path_factory):
   return _save_lalrm(tmp_path_factory.mktemp("lalrm") / "model")
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.diffusion import test_pipeline
 from tests.models.test_camera_dit import _perturb
 from wonderland_jax import checkpoints
 from wonderland_jax.camera import Camera, PoseSequence, make_trajectory, write_realestate10k
@@ -21,7 +20,6 @@ from wonderland_jax.models import camera_dit
 from wonderland_jax.models.camera_dit import CameraConfig, CameraDiT
 from wonderland_jax.models.dit import DiTConfig
 
-converted = test_pipeline.converted  # the fixture: a converted tiny CogVideoX pipeline (4x VAE, 8x8 latents)
 
 
 def _moved(cameras: Camera, scale: float, seed: int = 0) -> Camera:
@@ -63,8 +61,7 @@ def test_cogvideox_15_padding_frames_get_the_first_camera():
     pipe.generate(np.zeros((16, 16, 3)), "", cameras, num_frames=5, key=None)
 
 
-@pytest.fixture(scope="module")
-def branch(converted, tmp_path_factory):
+def make_branch(converted, tmp_path_factory):
   """A camera branch with random weights on the converted pipeline's transformer (4x VAE: rays at 4x)."""
   model = CameraDiT(checkpoints.load(converted / "transformer"),
                     CameraConfig(controlnet_layers=1, lora_rank=2, encoder_channels=4, spatial_compression=4),

@@ -5,7 +5,6 @@ import shutil
 
 import imageio.v3 as iio
 import numpy as np
-import pytest
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from transformers import T5Config, T5EncoderModel
@@ -17,8 +16,9 @@ from wonderland_jax.io_utils import write_png
 CORPUS = "a castle at dusk\na small red boat on a lake\nthe camera flies over green hills\nsnow on the mountains\n"
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def make_converted(tmp_path_factory):
+  """A converted tiny CogVideoX pipeline (tests/conftest.py's session fixture `converted`): 4x VAE, 4 latent
+  channels, 8x8 latents (32x32 videos), a 1-block transformer, a tiny T5 and a sentencepiece tokenizer."""
   root = tmp_path_factory.mktemp("cogvideox")
   torch.manual_seed(0)
   AutoencoderKLCogVideoX(block_out_channels=(8, 16, 16), latent_channels=4, layers_per_block=1, norm_num_groups=2,

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tests import test_generate_pipeline
-from tests.diffusion import test_camera_pipeline, test_pipeline
 from wonderland_jax.cli import main
 from wonderland_jax.data import write_synthetic_dataset
 from wonderland_jax.data.scenes import scan_dataset
@@ -21,9 +19,6 @@ from wonderland_jax.eval.image_metrics import psnr, ssim
 from wonderland_jax.eval.protocol import (EvalRun, MetricNetworks, clip_inputs, run_evaluation, sample_clips,
                                           similarity)
 
-converted = test_pipeline.converted  # a converted tiny CogVideoX pipeline (32x32 videos, 4x VAE)
-branch = test_camera_pipeline.branch  # a random camera branch on it
-lalrm = test_generate_pipeline.lalrm  # a random tiny LaLRM reading its latents
 NUM_SCENES, SCENE_FRAMES = 3, 24
 
 

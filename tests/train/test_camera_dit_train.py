@@ -13,7 +13,6 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from tests.diffusion import test_pipeline
 from wonderland_jax import checkpoints
 from wonderland_jax.cli import main
 from wonderland_jax.diffusion.schedulers import add_noise, get_velocity, make_tables
@@ -21,7 +20,6 @@ from wonderland_jax.models import camera_dit
 from wonderland_jax.train import camera_dit as trainer
 from wonderland_jax.train.config import load_config
 
-converted = test_pipeline.converted  # a fixture: a converted tiny CogVideoX pipeline
 
 TINY = ["--config.base.random_config.num_layers=2", "--config.camera.controlnet_layers=1",
         "--config.camera.encoder_channels=8", "--config.train.batch_size=2", "--config.train.log_every=2",
