@@ -14,7 +14,8 @@ Per clip (`<out>/clips/<clip id>/`, written whole; a rerun skips finished clips,
          features of every generated and reference frame, I3D features of both videos);
   scene  renders.mp4 (the scene rendered at the first 14 cameras), reference.mp4, record.json.
 
-The table (`<out>/results.md`, `<out>/results.json`, rewritten after every clip) has the paper's columns:
+The table (`<out>/results.md`, `<out>/results.json`; after each clip with the running means, FID and FVD at the
+end) has the paper's columns:
   video  FID (all frames, generated vs reference) | FVD (generated vs reference videos) | RotErr | TransErr
          (mean over the first 16 frames of the poses COLMAP estimated from frames/, read from
          `<colmap root>/<clip id>/`, see `camera_metrics`) | LPIPS | PSNR | SSIM;
@@ -254,7 +255,7 @@ def run_evaluation(run: EvalRun, generate: Generate) -> dict:
     with atomic_directory(directory) as staging:
       record = clip_evaluator(run, clip, generate, staging)
       write_json(staging / "record.json", record | {"clip": dataclasses.asdict(clip)})
-    write_table(run)
+    write_table(run, frechet=False)  # progress: the per-clip means; FID / FVD once, at the end
   return write_table(run)
 
 
@@ -275,8 +276,9 @@ def _frechet(directories: list[Path], prefix: str) -> tuple[float | None, int]:
   return distance, statistics["generated"].count
 
 
-def write_table(run: EvalRun) -> dict:
-  """Aggregates the finished clips' records into `results.json` and `results.md`; returns the row."""
+def write_table(run: EvalRun, frechet: bool = True) -> dict:
+  """Aggregates the finished clips' records into `results.json` and `results.md`; returns the row. frechet=False
+  leaves FID and FVD out (they read every clip's features: done once, when all clips are in)."""
   directories = [run.out / "clips" / clip.id for clip in run.clips
                  if (run.out / "clips" / clip.id / "record.json").is_file()]
   records = [json.loads((directory / "record.json").read_text()) for directory in directories]
@@ -286,8 +288,8 @@ def write_table(run: EvalRun) -> dict:
     values = [record[name] for record in records if name in record]
     row[name.upper()] = float(np.mean(values)) if values else None
   if run.kind == "video":
-    row["FID"], row["fid_frames"] = _frechet(directories, "inception")
-    row["FVD"], row["fvd_videos"] = _frechet(directories, "i3d")
+    row["FID"], row["fid_frames"] = _frechet(directories, "inception") if frechet else (None, 0)
+    row["FVD"], row["fvd_videos"] = _frechet(directories, "i3d") if frechet else (None, 0)
     row.update(_pose_errors(run, directories))
   columns = VIDEO_COLUMNS if run.kind == "video" else SCENE_COLUMNS
   result = {"kind": run.kind, "columns": list(columns), "row": row, "settings": run.settings}
