@@ -179,8 +179,8 @@ SCENE_OUTPUTS = ("scene.ply", "flythrough.mp4", "novel_orbit.mp4", "latents.npz"
 
 
 def _generate(args: argparse.Namespace) -> None:
-  from wonderland_jax.pipeline import WonderlandPipeline, generate_scene, peak_rss_bytes  # noqa: PLC0415
-  from wonderland_jax.splat import save_ply  # noqa: PLC0415
+  from wonderland_jax.pipeline import (WonderlandPipeline, generate_scene, peak_rss_bytes,  # noqa: PLC0415
+                                       write_scene_outputs)
   started = time.perf_counter()
   out = Path(args.out)
   if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
@@ -193,23 +193,9 @@ def _generate(args: argparse.Namespace) -> None:
   gaussians, extras = generate_scene(models, image, cameras, args.prompt, **_sampling_options(args, len(cameras)),
                                      decode_video=args.decode_video)
   seconds.update(extras["seconds"])
-  rebased = extras["cameras"]  # the input path in the scene's frame and units, at the video size
-  fov_deg = float(np.degrees(2 * np.arctan(rebased.width / (2 * float(rebased.K[0, 0, 0])))))
-  paths = {"flythrough.mp4": rebased,
-           "novel_orbit.mp4": fitted_trajectory(gaussians, "orbit", len(cameras), rebased.width, rebased.height,
-                                                fov_deg=fov_deg)}
   names = SCENE_OUTPUTS + (("video.mp4",) if args.decode_video else ())
   with atomic_directory(out) as staging:
-    save_ply(staging / "scene.ply", gaussians)
-    # scaled_latents: the diffusion space the LaLRM reads (`generate-video --latents` writes `latents`, unscaled).
-    np.savez(staging / "latents.npz", scaled_latents=np.asarray(extras["latents"]),
-             viewmats=np.asarray(rebased.viewmat), intrinsics=np.asarray(rebased.K))
-    if args.decode_video:
-      write_video(staging / "video.mp4", extras["frames"], fps=args.fps)
-    for name, path in paths.items():
-      start = time.perf_counter()
-      write_video(staging / name, render_frames(gaussians, path, desc=f"rendering {name}"), fps=args.fps)
-      seconds[Path(name).stem] = time.perf_counter() - start
+    seconds.update(write_scene_outputs(staging, gaussians, extras, fps=args.fps))
     inputs = {key: value for key, value in vars(args).items()
               if key not in ("run", "argv", "overrides", "accepts_overrides", "command", "verbose")}
     write_json(staging / "report.json", dict(
@@ -221,7 +207,13 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-  run_demo(Path(args.out), steps=args.steps, seed=args.seed)
+  from wonderland_jax.demo import next_steps  # noqa: PLC0415
+  out = Path(args.out)
+  report = run_demo(out, steps=args.steps, seed=args.seed, scene=args.scene, overwrite=args.overwrite)
+  psnr = report["psnr"]
+  print(f"wonderland demo: {report['num_gaussians']} Gaussians in {report['total_seconds']:.0f}s; flythrough PSNR "
+        f"{psnr['flythrough']:.2f} dB vs the ground truth (the LaLRM on the true latents: "
+        f"{psnr['lalrm_on_ground_truth_latents']:.2f} dB)\n{next_steps(out)}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -452,11 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
   scene.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
   scene.set_defaults(run=_generate)
 
-  demo = commands.add_parser("demo", help="the embedded default: recover a procedural scene by gradient descent "
-                                          "through the rasterizer and write scene.ply, flythrough.mp4, report")
-  demo.add_argument("--out", default="wonderland_demo", help="output directory")
-  demo.add_argument("--steps", type=_positive_int, default=300, help="optimisation steps")
-  demo.add_argument("--seed", type=int, default=0)
+  from wonderland_jax.demo import DEFAULT_STEPS as DEMO_STEPS  # noqa: PLC0415
+  demo = commands.add_parser(
+      "demo", help="the embedded default: the whole pipeline (camera-guided video latents, LaLRM, rasterizer) on "
+                   "tiny models shipped with the package, from a held-out synthetic scene's first frame and camera "
+                   "path; writes scene.ply, videos and a report (PSNR against the scene's ground truth)")
+  demo.add_argument("--out", default="wonderland_demo", help="output directory (written whole or not at all)")
+  demo.add_argument("--steps", type=_positive_int, default=DEMO_STEPS, help="sampling steps")
+  demo.add_argument("--seed", type=int, default=0, help="sampling seed")
+  demo.add_argument("--scene", type=int, default=0, help="which held-out synthetic scene")
+  demo.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
   demo.set_defaults(run=_demo)
 
   eval_command.add_parser(commands, _positive_int, _size, _eval)

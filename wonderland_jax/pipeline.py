@@ -38,11 +38,14 @@ from wonderland_jax.camera.camera import Camera
 from wonderland_jax.convert.pipeline import read_pipeline
 from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline
 from wonderland_jax.errors import InputFileError
+from wonderland_jax.io_utils import write_video
 from wonderland_jax.models.lalrm import LaLRM
 from wonderland_jax.models.vae import VAEConfig
 from wonderland_jax.progress import progress
 from wonderland_jax.reconstruct import check_latents, check_vae, reconstruct_latents, trained_normalization
+from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 from wonderland_jax.splat.gaussians import Gaussians
+from wonderland_jax.splat.ply import save_ply
 
 logger = logging.getLogger("wonderland_jax")
 
@@ -132,3 +135,39 @@ def peak_rss_bytes() -> int:
   """The peak resident memory of this process so far (bytes; `getrusage`'s ru_maxrss)."""
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def write_scene_outputs(directory: str | os.PathLike, gaussians: Gaussians, extras: dict[str, Any], *,
+                        fps: float = 8.0, render_size: tuple[int, int] | None = None,
+                        background: np.ndarray | None = None) -> dict[str, float]:
+  """Writes `generate_scene`'s results into `directory` (a staging folder: `wonderland generate` and `wonderland
+  demo` rename it into place whole):
+
+    scene.ply        the Gaussians (first camera's frame, the input cameras' units)
+    latents.npz      scaled_latents (1, t, h, w, C): the diffusion space the LaLRM reads (`generate-video
+                     --latents` writes `latents`, unscaled); viewmats (F, 4, 4), intrinsics (F, 3, 3): the
+                     re-based cameras at the video size
+    video.mp4        the decoded video, when extras["frames"] is not None
+    flythrough.mp4   the scene rendered along the input path
+    novel_orbit.mp4  the scene rendered along an orbit fitted to it, as many frames as the path
+
+  The renders are at render_size (width, height; default the video size: the intrinsics scale with it) over
+  `background` (default black). Returns the renders' wall seconds: {"flythrough": s, "novel_orbit": s}."""
+  directory = Path(directory)
+  rebased = extras["cameras"]  # the input path in the scene's frame and units, at the video size
+  width, height = render_size or (rebased.width, rebased.height)
+  fov_deg = float(np.degrees(2 * np.arctan(rebased.width / (2 * float(rebased.K[0, 0, 0])))))
+  paths = {"flythrough.mp4": rebased.resized(width, height),
+           "novel_orbit.mp4": fitted_trajectory(gaussians, "orbit", len(rebased), width, height, fov_deg=fov_deg)}
+  save_ply(directory / "scene.ply", gaussians)
+  np.savez(directory / "latents.npz", scaled_latents=np.asarray(extras["latents"]),
+           viewmats=np.asarray(rebased.viewmat), intrinsics=np.asarray(rebased.K))
+  if extras.get("frames") is not None:
+    write_video(directory / "video.mp4", extras["frames"], fps=fps)
+  seconds = {}
+  for name, path in paths.items():
+    start = time.perf_counter()
+    write_video(directory / name, render_frames(gaussians, path, background=background, desc=f"rendering {name}"),
+                fps=fps)
+    seconds[Path(name).stem] = time.perf_counter() - start
+  return seconds

@@ -1,136 +1,186 @@
-"""The embedded default (`wonderland demo`): everything runs on a laptop CPU in a few minutes, no downloads.
+"""The embedded default (`wonderland demo`): the real Wonderland pipeline on tiny models shipped with the package.
 
-Until the image-to-scene pipeline lands, the demo exercises the rasterizer end to end: it renders a
-procedural scene from an orbit of views, recovers a Gaussian scene from those images by gradient descent
-through the differentiable rasterizer, and writes `scene.ply`, `flythrough.mp4`, `views.png` and a report
-(`report.md`, `report.json`) with the PSNR along the optimisation and on held-out views.
+    report = run_demo("demo_out", steps=25, seed=0)
+
+No downloads, a few minutes on 2 CPU cores. The weights in `wonderland_jax/demo/weights/` (built by
+`python -m wonderland_jax.demo.build`, see docs/demo.md and its MANIFEST.json) are a tiny converted CogVideoX
+pipeline (its base transformer trained on the synthetic clips, the trained tiny VAE, a tiny T5 and tokenizer),
+a camera branch and an LaLRM, all trained by `wonderland train` on the procedural synthetic dataset
+(`wonderland_jax.data.synthetic`).
+
+The input is a synthetic scene none of them trained or was evaluated on (dataset seed `SCENE_SEED`): its first
+rendered frame is the image and its own camera path (9 cameras) the trajectory. Every stage of
+`wonderland generate` runs (`pipeline.generate_scene`): T5 on the empty prompt, VAE encoding of the image,
+camera-guided DiT sampling, the LaLRM on the latents, the VAE decoder, the rasterizer; then `.ply`, videos and a
+report. Since the scene is synthetic, its ground truth along the path is known: the report gives the PSNR of
+the generated scene's flythrough and of the decoded video against it, and, for reference, of the LaLRM on the
+ground-truth clip's own VAE latents (what the reconstruction gives without the generation step).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from wonderland_jax.camera import Camera, look_at, make_trajectory
-from wonderland_jax.demo.procedural import procedural_scene
-from wonderland_jax.io_utils import atomic_path, write_json, write_png, write_video
-from wonderland_jax.progress import progress
-from wonderland_jax.splat import Gaussians, capacity_for, count_intersections, rasterize
-from wonderland_jax.splat.flythrough import render_frames
-from wonderland_jax.splat.ply import save_ply
+from wonderland_jax.errors import WonderlandError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("wonderland_jax")
 
-BACKGROUND = (1.0, 1.0, 1.0)
+SCENE_SEED = 7  # the demo scenes' synthetic dataset seed: the models trained on seed 0 and were evaluated on 1
+DEFAULT_STEPS = 25  # sampling steps
+RENDER_SCALE = 4  # flythrough.mp4 / novel_orbit.mp4 at 4x the video size (the Gaussians render at any size)
+OUTPUTS = ("scene.ply", "flythrough.mp4", "novel_orbit.mp4", "video.mp4", "ground_truth.mp4", "input.png",
+           "latents.npz", "report.json", "report.md")
 
 
-def psnr(prediction, target) -> jax.Array:
-  """Peak signal-to-noise ratio (dB) of images in [0, 1]."""
-  return -10.0 * jnp.log10(jnp.mean((prediction - target) ** 2))
+def weights_directory() -> Path:
+  """The shipped weights (`pipeline/`, `branch/`, `lalrm/`, `MANIFEST.json`) inside the installed package."""
+  from importlib import resources  # noqa: PLC0415
+  directory = Path(str(resources.files("wonderland_jax.demo") / "weights"))
+  if not (directory / "MANIFEST.json").is_file():
+    raise WonderlandError(f"{directory}: the demo weights are missing (no MANIFEST.json); build them with "
+                          "`python -m wonderland_jax.demo.build --workdir runs/demo --out wonderland_jax/demo/weights`")
+  return directory
 
 
-def _views(num_views: int, size: int) -> Camera:
-  start = look_at(np.array([0.0, -1.3, -3.2]), np.zeros(3))
-  return make_trajectory("orbit", num_views, start_c2w=start, radius=float(np.linalg.norm([1.3, 3.2])),
-                         degrees=360.0 * (num_views - 1) / num_views, width=size, height=size, fov_deg=50.0)
+def demo_clip(data: dict[str, Any], scene: int = 0) -> dict[str, np.ndarray]:
+  """Clip `scene` of the synthetic dataset `SCENE_SEED`, drawn as the training clips of the data config `data`
+  (the camera branch's training data: size, frames, stride, pose normalisation): frames (F, H, W, 3) in [0, 1],
+  viewmats (F, 4, 4) re-based on the first, intrinsics (F, 3, 3)."""
+  from wonderland_jax.data.clips import clip_rng  # noqa: PLC0415
+  from wonderland_jax.data.pipeline import make_clip_source  # noqa: PLC0415
+  if scene < 0:
+    raise WonderlandError(f"--scene {scene}: must be >= 0")
+  config = dict(data, source="synthetic", eval_seed=SCENE_SEED, num_eval_scenes=scene + 1)
+  return make_clip_source(config, held_out=True).clip(scene, clip_rng(SCENE_SEED, scene))
 
 
-def _initial_params(rng, num: int) -> dict:
-  return dict(means=jnp.asarray(rng.uniform(-1.0, 1.0, (num, 3)) * [1.2, 0.6, 1.2], jnp.float32),
-              log_scales=jnp.full((num, 3), np.log(0.05), jnp.float32),
-              quats=jnp.asarray(rng.normal(size=(num, 4)), jnp.float32),
-              opacity_logits=jnp.zeros((num,), jnp.float32),
-              color_logits=jnp.zeros((num, 3), jnp.float32))
+def _psnr(prediction: np.ndarray, target: np.ndarray) -> list[float]:
+  """Per-frame PSNR (dB) of (F, H, W, 3) images in [0, 1]."""
+  mse = np.mean((np.asarray(prediction, np.float64) - np.asarray(target, np.float64)) ** 2, axis=(1, 2, 3))
+  return [float(v) for v in -10 * np.log10(np.maximum(mse, 1e-12))]
 
 
-def to_gaussians(params: dict) -> Gaussians:
-  return Gaussians(means=params["means"], quats=params["quats"], scales=jnp.exp(params["log_scales"]),
-                   opacities=jax.nn.sigmoid(params["opacity_logits"]), colors=jax.nn.sigmoid(params["color_logits"]))
+def next_steps(out: Path) -> str:
+  """Where the outputs are and how to run the same on the converted CogVideoX-5B-I2V (printed at the end)."""
+  return f"""outputs in {out}: scene.ply, flythrough.mp4, novel_orbit.mp4, video.mp4, report.md (and report.json)
+
+The same pipeline on CogVideoX-5B-I2V (a local copy of the diffusers THUDM/CogVideoX-5b-I2V folder; the camera
+branch and the LaLRM are trained with the configs below, docs/camera_dit.md and docs/lalrm.md):
+  wonderland convert cogvideox --src <diffusers CogVideoX-5b-I2V dir> --out checkpoints/cogvideox-5b-i2v
+  wonderland train camera-dit --config configs/camera_dit_5b.py --workdir runs/camera_dit_5b \\
+      --config.data.format=realestate10k --config.data.root=<RealEstate10K train dir>
+  wonderland train lalrm --config configs/lalrm_lowres.py --workdir runs/lalrm_lowres ...   (see its docstring)
+  wonderland generate --model checkpoints/cogvideox-5b-i2v --branch runs/camera_dit_5b/model \\
+      --lalrm runs/lalrm_lowres/model --image <first frame.png> --trajectory orbit --out scene_out/"""
 
 
-def run_demo(out_dir: Path, *, steps: int = 300, seed: int = 0, num_gaussians: int = 2000, size: int = 64,
-             views_per_step: int = 4) -> dict:
-  """Runs the demo into `out_dir`; returns the report (also written as report.json / report.md)."""
-  started = time.monotonic()
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  rng = np.random.default_rng(seed)
-  background = jnp.asarray(BACKGROUND)
-  target_scene = procedural_scene(seed)
-  cameras = _views(20, size)
-  held_out = np.arange(2, 20, 5)
-  train = np.setdiff1d(np.arange(20), held_out)
-  targets = rasterize(target_scene, cameras, background=background).image
-  logger.info("demo: rendered %d views of a %d-Gaussian procedural scene at %dx%d", len(cameras),
-              target_scene.num, size, size)
+def run_demo(out: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, scene: int = 0,
+             overwrite: bool = False, weights: str | Path | None = None) -> dict[str, Any]:
+  """Runs the demo (module docstring) into `out` (written whole or not at all; an existing non-empty `out` is
+  replaced only with `overwrite`); returns the report (also report.json / report.md). steps: sampling steps;
+  seed: the sampling noise; scene: which held-out scene; weights: default `weights_directory()`."""
+  import jax  # noqa: PLC0415
 
-  labels = dict(means="means", log_scales="scales", quats="quats", opacity_logits="opacity",
-                color_logits="color")
-  rates = dict(means=3e-3, scales=1e-2, quats=1e-2, opacity=5e-2, color=5e-2)
-  optimizer = optax.multi_transform(
-      {name: optax.adam(optax.cosine_decay_schedule(rate, steps, 0.1)) for name, rate in rates.items()}, labels)
-  params = _initial_params(rng, num_gaussians)
-  opt_state = optimizer.init(params)
+  from wonderland_jax.camera import Camera  # noqa: PLC0415
+  from wonderland_jax.checkpoints import read_description  # noqa: PLC0415
+  from wonderland_jax.io_utils import atomic_directory, write_json, write_png, write_video  # noqa: PLC0415
+  from wonderland_jax.pipeline import (WonderlandPipeline, generate_scene, peak_rss_bytes,  # noqa: PLC0415
+                                       write_scene_outputs)
+  from wonderland_jax.reconstruct import reconstruct  # noqa: PLC0415
+  from wonderland_jax.splat.flythrough import render_frames  # noqa: PLC0415
 
-  def loss_fn(params, view_cameras, view_targets, capacity):
-    images = rasterize(to_gaussians(params), view_cameras, background=background, capacity=capacity).image
-    return jnp.mean((images - view_targets) ** 2)
+  started = time.perf_counter()
+  out = Path(out)
+  if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+    raise WonderlandError(f"--out {out}: exists and is not an empty directory; pass --overwrite to replace it")
+  if steps < 1:
+    raise WonderlandError(f"--steps {steps}: must be at least 1")
+  weights = Path(weights) if weights is not None else weights_directory()
+  models = WonderlandPipeline.load(weights / "pipeline", weights / "branch", weights / "lalrm")
+  seconds = {"loading": time.perf_counter() - started}
 
-  @jax.jit(static_argnames="capacity")
-  def train_step(params, opt_state, view_cameras, view_targets, capacity):
-    loss, grads = jax.value_and_grad(loss_fn)(params, view_cameras, view_targets, capacity)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  data = (read_description(weights / "branch")[2] or {}).get("trained_with", {}).get("data", {})
+  clip = demo_clip(data, scene)
+  truth = clip["frames"]  # (F, H, W, 3): the scene rendered along its path
+  num_frames, height, width, _ = truth.shape
+  cameras = Camera.from_viewmat(clip["viewmats"], clip["intrinsics"], width, height)
+  if (height, width) != models.default_size:
+    raise WonderlandError(f"{weights}: the video model makes {models.default_size} frames, the demo clip is "
+                          f"{(height, width)}")
+  gaussians, extras = generate_scene(models, truth[0], cameras, "", key=jax.random.key(seed),
+                                     num_inference_steps=steps, guidance_scale=1.0, decode_video=True)
+  seconds.update(extras["seconds"])
 
-  history = []
-  for step in progress(range(1, steps + 1), desc="demo: fitting Gaussians"):
-    batch = rng.choice(train, views_per_step, replace=False)
-    view_cameras, view_targets = cameras[batch], targets[batch]
-    # The pair buffer follows the scene as it changes; a new power-of-two size recompiles the step.
-    capacity = capacity_for(int(count_intersections(to_gaussians(params), view_cameras)))
-    params, opt_state, loss = train_step(params, opt_state, view_cameras, view_targets, capacity)
-    history.append(dict(step=step, loss=float(loss), psnr=float(-10 * np.log10(float(loss)))))
+  start = time.perf_counter()
+  background = np.zeros(3, np.float32)  # the synthetic scenes' and the LaLRM's training background
+  rendered = np.stack(list(render_frames(gaussians, extras["cameras"], background=background, desc="evaluating")))
+  reference, reference_cameras = reconstruct(models.lalrm, models.video.pipeline.vae, truth, cameras,
+                                             scale_mode=models.scale_mode, scale_target=models.scale_target)
+  reference_frames = np.stack(list(render_frames(reference, reference_cameras, background=background,
+                                                 desc="reference")))
+  psnr = {"flythrough": _psnr(rendered, truth), "video": _psnr(extras["frames"], truth),
+          "lalrm_on_ground_truth_latents": _psnr(reference_frames, truth)}
+  seconds["evaluation"] = time.perf_counter() - start
 
-  fitted = to_gaussians(params)
-  renders = rasterize(fitted, cameras, background=background).image
-  per_view = [float(psnr(renders[i], targets[i])) for i in range(len(cameras))]
-  save_ply(out_dir / "scene.ply", fitted)
-  flythrough = _views(48, 2 * size)
-  write_video(out_dir / "flythrough.mp4", render_frames(fitted, flythrough, background=background,
-                                                        desc="demo: flythrough"), fps=24)
-  comparison = np.concatenate([np.concatenate([targets[i], renders[i]], 0) for i in held_out], 1)
-  write_png(out_dir / "views.png", np.asarray(comparison))
-
-  report = dict(
-      steps=steps, num_gaussians=num_gaussians, image_size=size, views_per_step=views_per_step,
-      train_views=train.tolist(), held_out_views=held_out.tolist(),
-      initial_psnr=history[0]["psnr"] if history else None,
-      final_train_psnr=float(np.mean([per_view[i] for i in train])),
-      held_out_psnr=float(np.mean([per_view[i] for i in held_out])),
-      seconds=time.monotonic() - started, device=str(jax.devices()[0].platform), history=history)
-  write_json(out_dir / "report.json", report)
-  _write_markdown_report(out_dir / "report.md", report)
-  logger.info("demo: held-out PSNR %.2f dB, train PSNR %.2f dB (%.0fs); outputs in %s", report["held_out_psnr"],
-              report["final_train_psnr"], report["seconds"], out_dir)
+  manifest = _read_json(weights / "MANIFEST.json")
+  with atomic_directory(out) as staging:
+    render_size = (RENDER_SCALE * width, RENDER_SCALE * height)
+    seconds.update(write_scene_outputs(staging, gaussians, extras, fps=8.0, render_size=render_size,
+                                       background=background))
+    write_video(staging / "ground_truth.mp4", truth, fps=8.0)
+    write_png(staging / "input.png", truth[0])
+    report = dict(
+        inputs=dict(steps=steps, seed=seed, scene=scene, scene_dataset_seed=SCENE_SEED, prompt="",
+                    guidance_scale=1.0, num_frames=num_frames, size=[width, height], weights=str(weights)),
+        outputs={name: str(out / name) for name in OUTPUTS},
+        seconds=seconds, total_seconds=time.perf_counter() - started, peak_rss_bytes=peak_rss_bytes(),
+        num_gaussians=gaussians.num, render_size=list(render_size), device=jax.devices()[0].platform,
+        psnr={name: float(np.mean(values)) for name, values in psnr.items()}, psnr_per_frame=psnr,
+        models=dict(held_out=manifest.get("held_out", {}), steps=manifest.get("steps", {})))
+    write_json(staging / "report.json", report)
+    (staging / "report.md").write_text(_markdown(report), encoding="utf-8")
+  logger.info("demo: %d Gaussians, flythrough PSNR %.2f dB vs the ground truth (%.0fs)", gaussians.num,
+              report["psnr"]["flythrough"], report["total_seconds"])
   return report
 
 
-def _write_markdown_report(path: Path, report: dict) -> None:
-  lines = ["# wonderland demo: scene recovery through the differentiable rasterizer", "",
-           f"{report['num_gaussians']} Gaussians fitted to {len(report['train_views'])} views "
-           f"({report['image_size']}x{report['image_size']}) of a procedural scene, {report['steps']} Adam steps, "
-           f"{report['views_per_step']} views per step, {report['seconds']:.0f}s on {report['device']}.", "",
-           f"- held-out views {report['held_out_views']}: PSNR {report['held_out_psnr']:.2f} dB",
-           f"- training views: PSNR {report['final_train_psnr']:.2f} dB", "",
-           "| step | loss (MSE) | PSNR (dB, batch) |", "|---:|---:|---:|"]
-  history = report["history"]
-  shown = [h for h in history if h["step"] == 1 or h["step"] % max(1, len(history) // 20) == 0]
-  lines += [f"| {h['step']} | {h['loss']:.5f} | {h['psnr']:.2f} |" for h in shown]
-  with atomic_path(path) as temporary:
-    temporary.write_text("\n".join(lines) + "\n")
+def _read_json(path: Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise WonderlandError(f"{path}: cannot read: {e}") from None
+
+
+def _markdown(report: dict) -> str:
+  inputs, psnr, held_out = report["inputs"], report["psnr"], report["models"]["held_out"]
+  width, height = inputs["size"]
+  lines = [
+      "# wonderland demo: image + camera path -> 3D Gaussians, on the shipped tiny models", "",
+      f"Held-out synthetic scene {inputs['scene']} (dataset seed {inputs['scene_dataset_seed']}, never trained or "
+      f"evaluated on): its first frame ({width}x{height}) is the input image, its own {inputs['num_frames']} "
+      f"cameras the trajectory; {inputs['steps']} sampling steps, seed {inputs['seed']}, empty prompt. "
+      f"{report['num_gaussians']:,} Gaussians; {report['total_seconds']:.0f} s on {report['device']}, peak "
+      f"memory {report['peak_rss_bytes'] / 2 ** 30:.2f} GiB.", "",
+      "| stage | seconds |", "|---|---:|",
+      *(f"| {name} | {value:.1f} |" for name, value in report["seconds"].items()), "",
+      "PSNR against the ground-truth frames of the path (dB, mean over the frames):", "",
+      "| | PSNR |", "|---|---:|",
+      f"| the generated scene rendered along the path (flythrough) | {psnr['flythrough']:.2f} |",
+      f"| the decoded generated video (video.mp4) | {psnr['video']:.2f} |",
+      f"| reference: the LaLRM on the ground-truth clip's VAE latents | {psnr['lalrm_on_ground_truth_latents']:.2f} |",
+      ""]
+  if held_out:
+    lalrm, dit = held_out.get("lalrm", {}), held_out.get("camera_dit", {})
+    lines += [f"The shipped models (MANIFEST.json): LaLRM held-out novel-view PSNR {lalrm.get('psnr', float('nan')):.2f} "
+              f"dB (untrained {lalrm.get('untrained_psnr', float('nan')):.2f}); camera DiT held-out v-MSE "
+              f"{dit.get('v_mse', float('nan')):.3f} (untrained {dit.get('untrained_v_mse', float('nan')):.3f}).", ""]
+  lines += ["flythrough.mp4 and novel_orbit.mp4 are rendered at "
+            f"{report['render_size'][0]}x{report['render_size'][1]}; video.mp4 and ground_truth.mp4 are at the "
+            "video size.", ""]
+  return "\n".join(lines)
