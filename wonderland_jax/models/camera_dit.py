@@ -34,8 +34,8 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.errors import InputFileError, WonderlandError
-from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig, Linear, run_block
-from wonderland_jax.nn.partitioning import axes, constrain, param_init_context
+from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig, Linear, constrain_streams, run_block
+from wonderland_jax.nn.partitioning import axes, param_init_context
 from wonderland_jax.nn.remat import rematerialized
 
 BRANCHES = ("dual", "controlnet", "lora")
@@ -213,9 +213,10 @@ class CameraDiT(nnx.Module):
     for index, block in enumerate(base.transformer_blocks):
       video, text = run(block, video, text, emb, rotary)
       if camera.controlnet and index < camera.controlnet_layers:
-        control_video, control_text = run(self.control_blocks[index], control_video, control_text, emb, rotary)
+        control_video, control_text = constrain_streams(
+            *run(self.control_blocks[index], control_video, control_text, emb, rotary))
         video = video + self.control_out[index](control_video).astype(video.dtype)
-      video = constrain(video, "batch", "length", None)
+      video, text = constrain_streams(video, text)
     return base.unpatchify(video, emb, latents.shape)
 
 

@@ -103,6 +103,13 @@ class DiTConfig:
     return self.out_channels or self.in_channels
 
 
+def constrain_streams(video: jax.Array, text: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Pins the two token streams between blocks: video (B, S, D) to ("batch", "length", None), text (B, L, D) to
+  ("batch", None, None). Both are needed: left free, XLA may keep the text stream replicated over the batch axes,
+  and with rematerialisation every device then recomputes the text tokens of the whole global batch."""
+  return constrain(video, "batch", "length", None), constrain(text, "batch", None, None)
+
+
 def run_block(block, video, text, temb, rotary):
   """One transformer block (a function, so `nn.remat.rematerialized` can wrap it)."""
   return block(video, text, temb, rotary)
@@ -427,8 +434,7 @@ class CogVideoXTransformer(nnx.Module):
     video, text, emb, rotary = self.embed(latents, text_embeddings, timestep, ofs)
     run = rematerialized(run_block, self.config.remat)
     for block in self.transformer_blocks:
-      video, text = run(block, video, text, emb, rotary)
-      video = constrain(video, "batch", "length", None)
+      video, text = constrain_streams(*run(block, video, text, emb, rotary))
     return self.unpatchify(video, emb, latents.shape)
 
   def embed(self, latents: jax.Array, text_embeddings: jax.Array, timestep: jax.Array, ofs: jax.Array | None = None):
@@ -453,8 +459,7 @@ class CogVideoXTransformer(nnx.Module):
                                                         config.freq_shift).astype(dtype))
     hidden = self.patch_embed(text_embeddings.astype(dtype), latents.astype(dtype))
     text_length = text_embeddings.shape[1]
-    text, video = hidden[:, :text_length], hidden[:, text_length:]
-    video = constrain(video, "batch", "length", None)
+    video, text = constrain_streams(hidden[:, text_length:], hidden[:, :text_length])
     return video, text, emb, self.rotary(frames, height, width)
 
   def unpatchify(self, video: jax.Array, emb: jax.Array, latents_shape: tuple) -> jax.Array:
