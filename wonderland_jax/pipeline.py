@@ -139,7 +139,7 @@ def peak_rss_bytes() -> int:
 
 def write_scene_outputs(directory: str | os.PathLike, gaussians: Gaussians, extras: dict[str, Any], *,
                         fps: float = 8.0, render_size: tuple[int, int] | None = None,
-                        background: np.ndarray | None = None) -> dict[str, float]:
+                        background: np.ndarray | None = None, novel_path: Camera | None = None) -> dict[str, float]:
   """Writes `generate_scene`'s results into `directory` (a staging folder: `wonderland generate` and `wonderland
   demo` rename it into place whole):
 
@@ -149,7 +149,8 @@ def write_scene_outputs(directory: str | os.PathLike, gaussians: Gaussians, extr
                      re-based cameras at the video size
     video.mp4        the decoded video, when extras["frames"] is not None
     flythrough.mp4   the scene rendered along the input path
-    novel_orbit.mp4  the scene rendered along an orbit fitted to it, as many frames as the path
+    novel_orbit.mp4  the scene rendered along `novel_path` (default: an orbit fitted to the scene, as many frames
+                     as the path)
 
   The renders are at render_size (width, height; default the video size: the intrinsics scale with it) over
   `background` (default black). Returns the renders' wall seconds: {"flythrough": s, "novel_orbit": s}."""
@@ -157,8 +158,9 @@ def write_scene_outputs(directory: str | os.PathLike, gaussians: Gaussians, extr
   rebased = extras["cameras"]  # the input path in the scene's frame and units, at the video size
   width, height = render_size or (rebased.width, rebased.height)
   fov_deg = float(np.degrees(2 * np.arctan(rebased.width / (2 * float(rebased.K[0, 0, 0])))))
-  paths = {"flythrough.mp4": rebased.resized(width, height),
-           "novel_orbit.mp4": fitted_trajectory(gaussians, "orbit", len(rebased), width, height, fov_deg=fov_deg)}
+  if novel_path is None:
+    novel_path = fitted_trajectory(gaussians, "orbit", len(rebased), width, height, fov_deg=fov_deg)
+  paths = {"flythrough.mp4": rebased.resized(width, height), "novel_orbit.mp4": novel_path.resized(width, height)}
   save_ply(directory / "scene.ply", gaussians)
   np.savez(directory / "latents.npz", scaled_latents=np.asarray(extras["latents"]),
            viewmats=np.asarray(rebased.viewmat), intrinsics=np.asarray(rebased.K))
