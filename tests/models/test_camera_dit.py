@@ -140,6 +140,35 @@ def test_only_branch_gradients_are_computed():
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
 
+def test_every_branch_param_learns_from_initialisation():
+  """Three plain gradient steps from the initialisation reach every branch param. The zero inits must leave a
+  path: ControlNet: the zero control_out first, then its copied blocks and its encoder's output layer, then the
+  encoder's convolutions; LoRA: the random encoder output reaches the zero camera rows of lora_proj at once, the
+  encoder at the second step, and the B = 0 adapters reach A at the second step. (With both LoRA-branch halves zero, as before, neither ever got a
+  gradient: that branch could not learn the cameras.)"""
+  model = CameraDiT(_base(), CameraConfig(**CAMERA), rngs=nnx.Rngs(1))
+  graphdef, trainable, rest = nnx.split(model, BRANCH, ...)
+  latents, text, timestep, plucker = _inputs(batch=1)
+  target = jnp.asarray(np.random.default_rng(3).normal(size=latents.shape[:-1] + (4,)), jnp.float32)
+
+  @jax.jit
+  def gradient(trainable):
+    loss = lambda params: jnp.mean((nnx.merge(graphdef, params, rest)(latents, text, timestep, plucker) - target) ** 2)
+    return jax.grad(loss)(trainable)
+
+  reached = jax.tree.map(lambda x: False, trainable)
+  for step in range(3):
+    grads = gradient(trainable)
+    if step == 0:  # lora_proj's camera rows learn from the first step (their input, the camera tokens, is not 0)
+      camera_rows = nnx.to_pure_dict(grads)["lora_proj"]["kernel"][model.config.inner_dim:]
+      assert float(jnp.abs(camera_rows).max()) > 0
+    reached = jax.tree.map(lambda done, g: done or bool(jnp.any(g != 0)), reached, grads)
+    trainable = jax.tree.map(lambda p, g: p - 0.1 * g, trainable, grads)
+  dead = [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(reached))
+          if not ok]
+  assert not dead, f"branch params with no gradient in three steps: {dead}"
+
+
 @pytest.mark.parametrize("name,frames,height,width,tokens", [
     ("CogVideoX-5B-I2V", 49, 480, 720, 13 * 30 * 45),
     ("CogVideoX1.5-5B-I2V", 85, 768, 1360, 11 * 48 * 85),

@@ -99,9 +99,12 @@ class CameraEncoder(nnx.Module):
 
   Frame 0 is repeated 3 times in front (as the VAE's causal padding does), a 3D convolution with kernel = stride
   (4, 8, 8) brings the rays to the latent grid, a 3x3x3 convolution mixes neighbours, the (p_t, p, p) patches
-  are unfolded into tokens and a zero-initialised linear maps them to the transformer's width."""
+  are unfolded into tokens and a linear maps them to the transformer's width: zero-initialised for the ControlNet
+  branch (its tokens are added to the video tokens, and the branch's zero-linears after the copied blocks are
+  what starts at zero), randomly initialised for the LoRA branch (`zero_output=False`), whose tokens meet the zero
+  camera rows of `lora_proj`: were both zero, neither would ever get a gradient."""
 
-  def __init__(self, base: DiTConfig, config: CameraConfig, *, rngs: nnx.Rngs):
+  def __init__(self, base: DiTConfig, config: CameraConfig, *, zero_output: bool = True, rngs: nnx.Rngs):
     self.temporal = int(base.temporal_compression_ratio)
     self.spatial = int(config.spatial_compression)
     self.patch, self.patch_t = base.patch_size, base.patch_size_t or 1
@@ -112,9 +115,9 @@ class CameraEncoder(nnx.Module):
                            strides=(self.temporal, self.spatial, self.spatial), padding="VALID", dtype=base.dtype,
                            rngs=rngs, **conv_axes)
       self.mix = nnx.Conv(channels, channels, (3, 3, 3), padding="SAME", dtype=base.dtype, rngs=rngs, **conv_axes)
+      output_init = dict(kernel_init=nnx.initializers.zeros_init()) if zero_output else {}
       self.proj = Linear(channels * self.patch_t * self.patch ** 2, base.inner_dim, dtype=base.dtype,
-                         kernel_init=nnx.initializers.zeros_init(), kernel_metadata=axes(None, "embed"),
-                         bias_metadata=axes("embed"), rngs=rngs)
+                         kernel_metadata=axes(None, "embed"), bias_metadata=axes("embed"), rngs=rngs, **output_init)
 
   def num_latent_frames(self, num_frames: int) -> int:
     return (num_frames - 1) // self.temporal + 1
@@ -175,7 +178,7 @@ class CameraDiT(nnx.Module):
                    kernel_metadata=axes("embed", "heads"), bias_metadata=axes("heads"), rngs=rngs)
             for _ in range(camera.controlnet_layers)])
       if camera.lora:
-        self.lora_encoder = CameraEncoder(config, camera, rngs=rngs)
+        self.lora_encoder = CameraEncoder(config, camera, zero_output=False, rngs=rngs)
         self.lora_proj = Linear(2 * dim, dim, dtype=config.dtype, kernel_init=_identity_then_zeros,
                                 kernel_metadata=axes(None, "embed"), bias_metadata=axes("embed"), rngs=rngs)
         for block in base.transformer_blocks:
