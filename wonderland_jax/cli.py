@@ -152,6 +152,9 @@ def _video_trajectory(args: argparse.Namespace, width: int, height: int):
   if args.trajectory in PRESETS:
     return make_trajectory(args.trajectory, args.frames or DEFAULT_VIDEO_FRAMES, width=width, height=height,
                            fov_deg=args.fov, **dict(args.param or []))
+  if args.param:
+    raise WonderlandError(f"--param is for the presets ({', '.join(PRESETS)}); --trajectory {args.trajectory} is a "
+                          "pose file, whose cameras are used as they are")
   cameras = read_pose_file(args.trajectory, width, height).cameras
   if args.frames is not None and args.frames != len(cameras):
     raise WonderlandError(f"--frames {args.frames} but --trajectory {args.trajectory} has {len(cameras)} poses; "

@@ -95,6 +95,8 @@ def test_generate_video_follows_presets_and_pose_files(tmp_path, converted, bran
   out = ["--out", str(tmp_path / "bad.mp4")]
   assert main(base + ["--trajectory", str(poses), "--frames", "5"] + out) == 2
   assert f"--frames 5 but --trajectory {poses} has 9 poses" in capsys.readouterr().err
+  assert main(base + ["--trajectory", str(poses), "--param", "degrees=90"] + out) == 2
+  assert "--param is for the presets" in capsys.readouterr().err
   assert main(base + ["--trajectory", "circle"] + out) == 2
   assert "neither a preset" in capsys.readouterr().err
   assert main(base + ["--trajectory", "orbit", "--frames", "10"] + out) == 2
