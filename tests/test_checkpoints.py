@@ -216,3 +216,13 @@ def test_known_kind_whose_module_is_missing(monkeypatch):
   with pytest.raises(WonderlandError, match="'ghost_kind' needs wonderland_jax.models.ghost_model, which is not "
                                             "available.*known kinds: .*ghost_kind"):
     checkpoints.model_builder("ghost_kind")
+
+
+def test_relative_paths(tmp_path, monkeypatch):
+  """Orbax takes absolute paths only; `save` / `load` accept relative ones (a CLI's `--out runs/x`)."""
+  monkeypatch.chdir(tmp_path)
+  params = {"layer": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+  checkpoints.save("runs/relative", params, kind="toy", config={})
+  kind, _, loaded = checkpoints.load_params("runs/relative")
+  assert kind == "toy"
+  np.testing.assert_array_equal(loaded["layer"]["kernel"], params["layer"]["kernel"])

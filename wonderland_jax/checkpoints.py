@@ -232,7 +232,7 @@ def save(directory: str | os.PathLike, model_or_params: Any, *, kind: str, confi
   else:
     with atomic_directory(directory) as staging:
       with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(staging / PARAMS_DIR, params)
+        checkpointer.save(staging.absolute() / PARAMS_DIR, params)  # Orbax wants absolute paths
       (staging / MODEL_JSON).write_text(description + "\n", encoding="utf-8")
   logger.info("saved %s checkpoint to %s", kind, directory)
   return directory
@@ -290,7 +290,7 @@ def _stored_arrays(directory: Path) -> dict[tuple, Any]:
     raise InputFileError(f"{params_dir}: params checkpoint not found")
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      tree = checkpointer.metadata(params_dir).item_metadata.tree
+      tree = checkpointer.metadata(params_dir.absolute()).item_metadata.tree
   except (OSError, ValueError, KeyError) as e:
     raise InputFileError(f"{params_dir}: cannot read the params checkpoint: {e}") from e
   return {tuple(int(k) if isinstance(k, str) and k.isdigit() else k for k in path): value
@@ -299,7 +299,7 @@ def _stored_arrays(directory: Path) -> dict[tuple, Any]:
 
 def _restore(directory: Path, target: dict) -> dict:
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(directory / PARAMS_DIR, target)
+    return checkpointer.restore(directory.absolute() / PARAMS_DIR, target)
 
 
 def _default_sharding() -> SingleDeviceSharding:
