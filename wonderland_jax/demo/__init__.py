@@ -194,7 +194,8 @@ def _markdown(report: dict) -> str:
       ""]
   if held_out:
     lalrm, dit = held_out.get("lalrm", {}), held_out.get("camera_dit", {})
-    lines += [f"The shipped models (MANIFEST.json): LaLRM held-out novel-view PSNR {lalrm.get('psnr', float('nan')):.2f} "
+    lines += ["The shipped models (MANIFEST.json): LaLRM held-out novel-view PSNR "
+              f"{lalrm.get('psnr', float('nan')):.2f} "
               f"dB (untrained {lalrm.get('untrained_psnr', float('nan')):.2f}); camera DiT held-out v-MSE "
               f"{dit.get('v_mse', float('nan')):.3f} (untrained {dit.get('untrained_v_mse', float('nan')):.3f}).", ""]
   lines += ["flythrough.mp4 (the input path) and novel_orbit.mp4 (an orbit of "

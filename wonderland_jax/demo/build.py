@@ -38,7 +38,8 @@ from wonderland_jax.io_utils import atomic_directory, write_json
 logger = logging.getLogger("wonderland_jax")
 
 MANIFEST = "MANIFEST.json"
-VAE_CONFIG, CAMERA_DIT_CONFIG, LALRM_CONFIG = "configs/vae_tiny.py", "configs/camera_dit_demo.py", "configs/lalrm_tiny.py"
+VAE_CONFIG, CAMERA_DIT_CONFIG = "configs/vae_tiny.py", "configs/camera_dit_demo.py"
+LALRM_CONFIG = "configs/lalrm_tiny.py"
 
 # The tokenizer's training text: the sentencepiece model only has to exist (the demo's prompt is empty).
 TOKENIZER_CORPUS = ("a castle at dusk", "a small red boat on a lake", "the camera flies over green hills",
@@ -267,13 +268,14 @@ def main(argv: list[str] | None = None) -> int:
   try:
     manifest = build(args.workdir, args.out, vae_workdir=args.vae_workdir, overwrite=args.overwrite)
   except WonderlandError as err:
-    print(f"demo build: error: {err}", file=sys.stderr)
+    sys.stderr.write(f"demo build: error: {err}\n")
     return 2
   held_out = manifest["held_out"]
-  print(f"demo build: {args.out} ({manifest['bytes']['total'] / 1e6:.1f} MB) in {time.perf_counter() - started:.0f}s; "
-        f"LaLRM held-out PSNR {held_out['lalrm']['psnr']:.2f} dB (untrained {held_out['lalrm']['untrained_psnr']:.2f}), "
-        f"camera DiT held-out v-MSE {held_out['camera_dit']['v_mse']:.3f} "
-        f"(untrained {held_out['camera_dit']['untrained_v_mse']:.3f})")
+  sys.stdout.write(
+      f"demo build: {args.out} ({manifest['bytes']['total'] / 1e6:.1f} MB) in {time.perf_counter() - started:.0f}s; "
+      f"LaLRM held-out PSNR {held_out['lalrm']['psnr']:.2f} dB (untrained {held_out['lalrm']['untrained_psnr']:.2f}), "
+      f"camera DiT held-out v-MSE {held_out['camera_dit']['v_mse']:.3f} "
+      f"(untrained {held_out['camera_dit']['untrained_v_mse']:.3f})\n")
   return 0
 
 
