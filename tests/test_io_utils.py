@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import imageio.v3 as iio
 import numpy as np
@@ -106,3 +108,14 @@ def test_read_image_errors(tmp_path):
   bad.write_bytes(b"not an image at all")
   with pytest.raises(InputFileError, match="bad.png.*cannot read image"):
     io_utils.read_image(bad)
+
+
+def test_atomic_directory_gets_ordinary_permissions(tmp_path):
+  umask = os.umask(0o022)
+  try:
+    with io_utils.atomic_directory(tmp_path / "out") as staging:
+      (staging / "a.txt").write_text("x")
+  finally:
+    os.umask(umask)
+  assert (tmp_path / "out" / "a.txt").read_text() == "x"
+  assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # not mkdtemp's 0700

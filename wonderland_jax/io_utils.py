@@ -64,6 +64,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+  umask = os.umask(0)
+  os.umask(umask)
+  staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the result should be an ordinary directory
   old = None
   try:
     yield staging
