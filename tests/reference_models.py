@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import sentencepiece
 import torch
 import transformers
@@ -71,3 +72,14 @@ def all_equations(jaxpr):
         inner = getattr(sub, "jaxpr", sub)
         if hasattr(inner, "eqns"):
           yield from all_equations(inner)
+
+
+def assert_close_relative(ours, reference, what: str, rel: float = 1e-4) -> float:
+  """Asserts max |ours - reference| <= rel * max |reference| (the parity standard: errors relative to the
+  reference's magnitude) and equal shapes; returns the error relative to that magnitude."""
+  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+  assert ours.shape == reference.shape, (what, ours.shape, reference.shape)
+  scale = max(np.max(np.abs(reference)), 1e-12)
+  error = np.max(np.abs(ours - reference))
+  assert error <= rel * scale, f"{what}: max error {error:.3g} vs reference magnitude {scale:.3g}"
+  return error / scale

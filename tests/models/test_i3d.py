@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from flax import nnx
 from torch import nn
 
+from tests.reference_models import assert_close_relative as _assert_close
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.eval.frechet import feature_statistics, frechet_distance
 from wonderland_jax.models.i3d import (BN_EPS, ENDPOINT_NAMES, fvd_features, fvd_statistics, frechet_video_distance,
@@ -167,15 +168,6 @@ def torch_preprocess(videos: np.ndarray, resolution=224) -> torch.Tensor:
 
 def _channels_last(x: torch.Tensor) -> np.ndarray:
   return np.moveaxis(x.detach().numpy(), 1, -1)
-
-
-def _assert_close(ours, reference, what, rel=1e-4):
-  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-  assert ours.shape == reference.shape, (what, ours.shape, reference.shape)
-  scale = max(np.max(np.abs(reference)), 1e-12)
-  error = np.max(np.abs(ours - reference))
-  assert error <= rel * scale, f"{what}: max error {error:.3g} vs reference magnitude {scale:.3g}"
-  return error / scale
 
 
 def _videos(seed, shape):

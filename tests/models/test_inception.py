@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from flax import nnx
 from torch import nn
 
+from tests.reference_models import assert_close_relative as _max_error
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.eval.frechet import feature_statistics, frechet_distance
 from wonderland_jax.models.inception import (FIDInception, fid_features, fid_statistics, load_fid_inception,
@@ -186,16 +187,6 @@ def _to_torch(x) -> torch.Tensor:
 
 def _images(seed, shape):
   return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
-
-
-def _max_error(ours, reference, what, rel=1e-4) -> float:
-  """Asserts max |ours - reference| <= rel * max |reference|; returns the error relative to that magnitude."""
-  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-  assert ours.shape == reference.shape, (what, ours.shape, reference.shape)
-  scale = max(np.max(np.abs(reference)), 1e-12)
-  error = np.max(np.abs(ours - reference))
-  assert error <= rel * scale, f"{what}: max error {error:.3g} vs reference magnitude {scale:.3g}"
-  return error / scale
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import torch
 from flax import nnx
 from torch import nn
 
+from tests.reference_models import assert_close_relative as _assert_close
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models.vgg import (LPIPS_TAPS, VGG, PerceptualConfig, PerceptualLoss, load_lpips, load_vgg,
                                        perceptual_loss)
@@ -107,14 +108,6 @@ def _to_torch(x) -> torch.Tensor:
 
 def _to_numpy(x: torch.Tensor) -> np.ndarray:
   return np.moveaxis(x.detach().numpy(), 1, -1)
-
-
-def _assert_close(ours, reference, what, rel=1e-4):
-  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-  assert ours.shape == reference.shape, (what, ours.shape, reference.shape)
-  scale = max(np.max(np.abs(reference)), 1e-12)
-  error = np.max(np.abs(ours - reference))
-  assert error <= rel * scale, f"{what}: max error {error:.3g} vs reference magnitude {scale:.3g}"
 
 
 def _images(seed, shape):

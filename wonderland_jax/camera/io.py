@@ -284,13 +284,24 @@ def _read_colmap_cameras(path: Path) -> dict[int, tuple[int, int, tuple[float, f
     if model not in COLMAP_MODELS:
       raise InputFileError(f"{where}: unsupported camera model {model!r}; supported: "
                            f"{', '.join(COLMAP_MODELS)}")
-    num_params, (fx, fy, cx, cy) = COLMAP_MODELS[model]
+    num_params = COLMAP_MODELS[model][0]
     if len(tokens) != 4 + num_params:
       raise InputFileError(f"{where}: {model} needs {num_params} parameters, got {len(tokens) - 4}")
     camera_id, width, height = (_parse_int(token, where) for token in tokens[:1] + tokens[2:4])
-    params = _parse_floats(tokens[4:], where)
-    distorted |= bool(np.any(params[max(fx, fy, cx, cy) + 1:] != 0))
-    colmap_cameras[camera_id] = (width, height, (params[fx], params[fy], params[cx], params[cy]))
+    intrinsics, lens_distortion = _pinhole(model, _parse_floats(tokens[4:], where))
+    distorted |= lens_distortion
+    colmap_cameras[camera_id] = (width, height, intrinsics)
+  return _checked_cameras(colmap_cameras, distorted, path)
+
+
+def _pinhole(model: str, params: np.ndarray) -> tuple[tuple[float, float, float, float], bool]:
+  """A supported COLMAP model's PARAMS -> ((fx, fy, cx, cy), whether any distortion coefficient is nonzero)."""
+  fx, fy, cx, cy = COLMAP_MODELS[model][1]
+  return (params[fx], params[fy], params[cx], params[cy]), bool(np.any(params[max(fx, fy, cx, cy) + 1:] != 0))
+
+
+def _checked_cameras(colmap_cameras: dict, distorted: bool, path: Path) -> dict:
+  """The cameras read from `path`: an error when there are none, one warning when any lens is distorted."""
   if not colmap_cameras:
     raise InputFileError(f"{path}: no cameras")
   if distorted:
@@ -393,14 +404,10 @@ def _read_colmap_cameras_bin(path: Path) -> dict[int, tuple[int, int, tuple[floa
     if model not in COLMAP_MODELS:
       raise InputFileError(f"{path}: camera {camera_id}: unsupported camera model {model!r}; supported: "
                            f"{', '.join(COLMAP_MODELS)}")
-    fx, fy, cx, cy = COLMAP_MODELS[model][1]
-    distorted |= bool(np.any(params[max(fx, fy, cx, cy) + 1:] != 0))
-    colmap_cameras[camera_id] = (width, height, (params[fx], params[fy], params[cx], params[cy]))
-  if not colmap_cameras:
-    raise InputFileError(f"{path}: no cameras")
-  if distorted:
-    logger.warning("%s: ignoring nonzero lens distortion (cameras are treated as pinhole)", path)
-  return colmap_cameras
+    intrinsics, lens_distortion = _pinhole(model, params)
+    distorted |= lens_distortion
+    colmap_cameras[camera_id] = (width, height, intrinsics)
+  return _checked_cameras(colmap_cameras, distorted, path)
 
 
 def _read_colmap_images_bin(path: Path, colmap_cameras: dict) -> list[tuple[str, int, np.ndarray]]:

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> dict:
     models = CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora)
     video = models.pipeline
   else:
-    from wonderland_jax.pipeline import WonderlandPipeline  # noqa: PLC0415
+    from wonderland_jax.pipeline import WonderlandPipeline, generate_scene  # noqa: PLC0415
+    from wonderland_jax.splat.flythrough import render_frames  # noqa: PLC0415
     models = WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora)
     video = models.video.pipeline
   height, width = (args.size[1], args.size[0]) if args.size else models.default_size
@@ -115,8 +116,6 @@ def run(args: argparse.Namespace) -> dict:
     key = jax.random.fold_in(jax.random.key(args.seed), clip.number)  # the same whether resumed or not
     if args.kind == "video":
       return models.generate(image, args.prompt, cameras, key=key, **options)[1]
-    from wonderland_jax.pipeline import generate_scene  # noqa: PLC0415
-    from wonderland_jax.splat.flythrough import render_frames  # noqa: PLC0415
     gaussians, extras = generate_scene(models, image, cameras, args.prompt, key=key, **options)
     return np.stack(list(render_frames(gaussians, extras["cameras"][:SIMILARITY_FRAMES], desc="rendering views")))
 

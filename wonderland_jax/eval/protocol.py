@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.camera.io import PoseSequence, write_realestate10k
+from wonderland_jax.camera.io import PoseSequence, read_realestate10k, write_realestate10k
 from wonderland_jax.data.clips import resize_and_crop
 from wonderland_jax.data.scenes import DatasetScan, Scene
 from wonderland_jax.errors import InputFileError, WonderlandError
@@ -325,7 +325,7 @@ def _pose_errors(run: EvalRun, directories: list[Path]) -> dict:
 
 
 def read_reference_viewmats(path: Path, width: int, height: int) -> np.ndarray:
-  from wonderland_jax.camera.io import read_realestate10k  # noqa: PLC0415
+  """A clip's conditioning cameras (its cameras.txt) as (F, 4, 4) float64 world->camera."""
   return np.asarray(read_realestate10k(path, width, height).cameras.viewmat, np.float64)
 
 

@@ -56,6 +56,7 @@ from wonderland_jax.convert.rules import Rule
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval.frechet import FeatureStatistics, Statistics, frechet_distance
 from wonderland_jax.models.vgg import _load_into, check_keys, open_weights
+from wonderland_jax.nn.batch_norm import FrozenBatchNorm
 from wonderland_jax.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -138,24 +139,6 @@ def max_pool_same(x: jax.Array, kernel: Sequence[int], stride: Sequence[int]) ->
   x = _pad_same(x, kernel, stride)
   return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, *kernel, 1), (1, *stride, 1),
                                "VALID")
-
-
-class FrozenBatchNorm(nnx.Module):
-  """torch's BatchNorm3d in eval mode over the last axis; `scale` / `bias` / `mean` / `var` (C,) are the torch
-  `weight` / `bias` / `running_mean` / `running_var`, all constants of the frozen network."""
-
-  def __init__(self, channels: int, eps: float):
-    self.eps = eps
-    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
-    self.mean = nnx.Param(jnp.zeros((channels,), jnp.float32))
-    self.var = nnx.Param(jnp.ones((channels,), jnp.float32))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x (..., C) -> (..., C) in x's dtype (the affine factors are formed in float32)."""
-    factor = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)
-    shift = self.bias[...] - self.mean[...] * factor
-    return x * factor.astype(x.dtype) + shift.astype(x.dtype)
 
 
 class Unit3D(nnx.Module):

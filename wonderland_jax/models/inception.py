@@ -38,6 +38,7 @@ from wonderland_jax.convert.rules import Rule
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval.frechet import FeatureStatistics, Statistics
 from wonderland_jax.models.vgg import _load_into, check_keys, open_weights
+from wonderland_jax.nn.batch_norm import FrozenBatchNorm
 from wonderland_jax.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -74,23 +75,6 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
   return (value, value) if isinstance(value, int) else tuple(value)
 
 
-class FrozenBatchNorm(nnx.Module):
-  """torch's `BatchNorm2d(eps=0.001)` in eval mode: (x - mean) / sqrt(var + eps) * scale + bias over the last
-  axis. All four vectors (C,) are `nnx.Param`s, loaded from the state_dict and never updated."""
-
-  def __init__(self, channels: int, eps: float = BN_EPS):
-    self.eps = eps
-    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
-    self.mean = nnx.Param(jnp.zeros((channels,), jnp.float32))
-    self.var = nnx.Param(jnp.ones((channels,), jnp.float32))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x (..., C) -> (..., C), in x's dtype."""
-    factor = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)
-    return ((x - self.mean[...].astype(x.dtype)) * factor.astype(x.dtype) + self.bias[...].astype(x.dtype))
-
-
 class BasicConv2d(nnx.Module):
   """torchvision's `BasicConv2d`: a bias-free convolution with torch's explicit (symmetric) padding, BatchNorm
   (eps 0.001, eval mode) and ReLU. kernel, stride, padding: an int or (height, width)."""
@@ -102,7 +86,7 @@ class BasicConv2d(nnx.Module):
     self.conv = nnx.Conv(in_channels, out_channels, _pair(kernel), strides=stride,
                          padding=((pad_h, pad_h), (pad_w, pad_w)), use_bias=False, dtype=dtype,
                          precision=precision, rngs=rngs)
-    self.bn = FrozenBatchNorm(out_channels)
+    self.bn = FrozenBatchNorm(out_channels, BN_EPS)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x (B, H, W, in_channels) -> (B, H', W', out_channels)."""
