@@ -8,7 +8,7 @@
 Tiny: configs/camera_dit_tiny.py (random frozen base, synthetic clips), the jitted step timed over `--steps`
 steps after two warm-up steps; the table also gives the trainable / frozen parameter counts and the bytes of
 the optimizer state (Adam's moments exist for the branch params only). Plan: `wonderland plan` (XLA's
-per-device memory and FLOPs of the compiled SPMD step; nothing is allocated; see parallel/plan.py). With a GPU
+per-device memory and FLOPs of the compiled SPMD step; nothing is allocated; see train/plan.py). With a GPU
 the real full-size step time comes from `wonderland train camera-dit --config configs/camera_dit_5b.py
 --config.base.pipeline="" --config.train.steps=5` (random weights) and its steps/s line.
 """

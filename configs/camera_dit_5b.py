@@ -19,6 +19,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from wonderland_jax.train.camera_dit import COGVIDEOX_I2V_SCHEDULER
+from wonderland_jax.train.config import data_block, optimizer_block, parallel_block, train_block
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -44,17 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
                      prompt="a static scene, the camera moves smoothly", dropout=0.1)
   config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)  # unused: the pipeline's scheduler_config.json is read
   config.objective = dict(image_noise_mean=-3.0, image_noise_std=0.5)
-  config.data = dict(source="scenes", num_frames=49, height=480, width=720, num_target_seen=0, num_target_unseen=0,
-                     num_train_scenes=1000, num_eval_scenes=16, eval_seed=1, shuffle_seed=0, worker_threads=8,
-                     on_error="skip", format=placeholder(str), root=placeholder(str), eval_root=placeholder(str),
-                     images_dir=placeholder(str), stride=placeholder(tuple), scale_mode="max_distance",
-                     scale_target=1.0)
+  config.data = data_block(source="scenes", num_frames=49, height=480, width=720, num_target_seen=0,
+                           num_target_unseen=0, num_train_scenes=1000, num_eval_scenes=16, worker_threads=8)
   # eval_every > 0 needs --config.data.eval_root (held-out scenes).
-  config.train = dict(steps=40_000, batch_size=24, grad_accum=1, log_every=50, checkpoint_every=1000,
-                      keep_checkpoints=3, eval_every=0, nonfinite="skip", async_checkpoints=True)
-  config.optimizer = dict(learning_rate=1e-4, warmup_steps=500, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
-                          clip_norm=1.0, final_lr_fraction=1.0, schedule="cosine")
-  # Device mesh (wonderland_jax.parallel): "" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2";
-  # dcn: axis sizes across slices / nodes; rules: logical-axis rules (default parallel.DEFAULT_RULES).
-  config.parallel = dict(mesh="fsdp=-1", dcn="", rules=placeholder(list))
+  config.train = train_block(steps=40_000, batch_size=24, log_every=50, checkpoint_every=1000, eval_every=0)
+  config.optimizer = optimizer_block(learning_rate=1e-4, warmup_steps=500, final_lr_fraction=1.0)
+  config.parallel = parallel_block("fsdp=-1")
   return config

@@ -18,6 +18,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from wonderland_jax.train.camera_dit import COGVIDEOX_I2V_SCHEDULER
+from wonderland_jax.train.config import TINY_BASE, TINY_VAE, data_block, optimizer_block, parallel_block, train_block
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,31 +26,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # random_config: the shapes the builder gives the pipeline's random base (and `wonderland plan` reads).
   config.base = dict(pipeline="runs/demo/pipeline", seed=0, trainable=True, param_dtype="float32", dtype="",
-                     attention="", remat="", sequence_parallel="",
-                     random_config=dict(num_attention_heads=2, attention_head_dim=32, in_channels=32, out_channels=16,
-                                        time_embed_dim=64, text_embed_dim=32, num_layers=4, sample_height=4,
-                                        sample_width=4, sample_frames=9, max_text_seq_length=8,
-                                        use_rotary_positional_embeddings=True,
-                                        use_learned_positional_embeddings=True, dtype="float32", attention="xla",
-                                        remat="none"))
+                     attention="", remat="", sequence_parallel="", random_config=TINY_BASE)
   config.camera = dict(branches="dual", controlnet_layers=2, lora_rank=8, lora_alpha=placeholder(float),
                        lora_targets=("attn",), encoder_channels=32, spatial_compression=8)
   # The pipeline's VAE (the trained tiny one) unless set.
-  config.vae = dict(checkpoint="", seed=0, random_config=dict(
-      block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16,
-      temporal_compression_ratio=4, sample_height=32, sample_width=32))
+  config.vae = dict(checkpoint="", seed=0, random_config=TINY_VAE)
   # The empty prompt for every clip: no dropout needed (the unconditional embeddings are the same).
   config.text = dict(embeddings="", prompt="", dropout=0.0)
   config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)  # unused: the pipeline's scheduler_config.json is read
   config.objective = dict(image_noise_mean=-3.0, image_noise_std=0.5)
-  config.data = dict(source="synthetic", num_frames=9, height=32, width=32, num_target_seen=0, num_target_unseen=0,
-                     num_train_scenes=100_000, num_eval_scenes=8, eval_seed=1, shuffle_seed=0, worker_threads=0,
-                     on_error="skip", format=placeholder(str), root=placeholder(str), eval_root=placeholder(str),
-                     images_dir=placeholder(str), stride=placeholder(tuple), scale_mode="max_distance",
-                     scale_target=1.0, synthetic_background=(0.0, 0.0, 0.0))  # as the VAE's and the LaLRM's
-  config.train = dict(steps=3000, batch_size=8, grad_accum=1, log_every=50, checkpoint_every=250,
-                      keep_checkpoints=2, eval_every=500, nonfinite="skip", async_checkpoints=True)
-  config.optimizer = dict(learning_rate=1e-3, warmup_steps=100, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
-                          clip_norm=1.0, final_lr_fraction=0.05, schedule="cosine")
-  config.parallel = dict(mesh="", dcn="", rules=placeholder(list))
+  config.data = data_block(source="synthetic", num_frames=9, height=32, width=32, num_target_seen=0,
+                           num_target_unseen=0, num_train_scenes=100_000,
+                           synthetic_background=(0.0, 0.0, 0.0))  # as the VAE's and the LaLRM's
+  config.train = train_block(steps=3000, batch_size=8, log_every=50, checkpoint_every=250, keep_checkpoints=2,
+                             eval_every=500)
+  config.optimizer = optimizer_block(learning_rate=1e-3, warmup_steps=100, final_lr_fraction=0.05)
+  config.parallel = parallel_block()
   return config

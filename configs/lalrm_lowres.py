@@ -14,7 +14,7 @@ divisible by the patch), GS-LRM's 4e-4, (0.9, 0.95) and 0.5. On GPUs add --confi
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from wonderland_jax.train.config import data_block, optimizer_block, parallel_block, train_block
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,19 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
                       near=0.1, far=20.0, scale_bias=2.3, max_log_scale=-1.2, opacity_bias=2.0, dtype="bfloat16",
                       attention="xla", sequence_parallel="none", remat="minimal")
   config.vae = dict(checkpoint="checkpoints/cogvideox-5b-i2v/vae", seed=0, random_config=dict())
-  config.data = dict(source="latents", encode_frames=False, num_frames=49, height=256, width=384,
-                     num_target_seen=24, num_target_unseen=24, num_eval_scenes=100, eval_seed=1, shuffle_seed=0,
-                     worker_threads=8, on_error="skip", format=placeholder(str), root=placeholder(str),
-                     eval_root=placeholder(str), images_dir=placeholder(str), stride=placeholder(tuple),
-                     scale_mode="max_distance", scale_target=1.0, num_train_scenes=1000)
+  config.data = data_block(source="latents", encode_frames=False, num_frames=49, height=256, width=384,
+                           num_target_seen=24, num_target_unseen=24, num_eval_scenes=100, worker_threads=8,
+                           num_train_scenes=1000)
   config.render = dict(capacity=1 << 24, tile_size=16, background=(0.0, 0.0, 0.0))
   config.loss = dict(perceptual_weight=0.5, vgg_weights="checkpoints/vgg19.pth")
   config.lpips = dict(backbone_weights="", heads_weights="")
-  config.train = dict(steps=200_000, batch_size=24, grad_accum=1, log_every=100, checkpoint_every=2000,
-                      keep_checkpoints=3, eval_every=5000, nonfinite="skip", async_checkpoints=True)
-  config.optimizer = dict(learning_rate=4e-4, warmup_steps=2000, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
-                          clip_norm=1.0, final_lr_fraction=0.0, schedule="cosine")
-  # Device mesh (wonderland_jax.parallel): "" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2";
-  # dcn: axis sizes across slices / nodes; rules: logical-axis rules (default parallel.DEFAULT_RULES).
-  config.parallel = dict(mesh="fsdp=-1", dcn="", rules=placeholder(list))
+  config.train = train_block(steps=200_000, batch_size=24, log_every=100, checkpoint_every=2000, eval_every=5000)
+  config.optimizer = optimizer_block(learning_rate=4e-4, warmup_steps=2000, b2=0.95, weight_decay=0.05,
+                                     final_lr_fraction=0.0)
+  config.parallel = parallel_block("fsdp=-1")
   return config

@@ -14,7 +14,7 @@ Gaussian per 2x2 pixels (gaussian_stride 4 with p = 1, the paper's high-resoluti
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from wonderland_jax.train.config import TINY_VAE, data_block, optimizer_block, parallel_block, train_block
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -24,25 +24,16 @@ def get_config() -> ml_collections.ConfigDict:
                       pose_dim=64, hidden_size=128, num_layers=4, head_dim=32, mlp_ratio=4, gaussian_stride=4,
                       near=0.5, far=8.0, scale_bias=2.3, max_log_scale=-1.2, opacity_bias=2.0, dtype="float32",
                       attention="xla", sequence_parallel="none", remat="none")
-  config.vae = dict(checkpoint="", seed=0, random_config=dict(
-      block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16,
-      temporal_compression_ratio=4, sample_height=32, sample_width=32))
+  config.vae = dict(checkpoint="", seed=0, random_config=TINY_VAE)
   # Every key of wonderland_jax.data.pipeline.DATA_DEFAULTS can be set; the unset ones (placeholders) can be
   # given on the command line, e.g. --config.data.source=latents --config.data.root=cache/.
-  config.data = dict(source="synthetic", encode_frames=True, num_frames=9, height=32, width=32, num_target_seen=2,
-                     num_target_unseen=2, num_train_scenes=100_000, num_eval_scenes=8, eval_seed=1,
-                     shuffle_seed=0, worker_threads=0, on_error="skip", format=placeholder(str),
-                     root=placeholder(str), eval_root=placeholder(str), images_dir=placeholder(str),
-                     stride=placeholder(tuple), scale_mode="max_distance", scale_target=1.0,
-                     synthetic_background=(0.0, 0.0, 0.0))  # = render.background
+  config.data = data_block(source="synthetic", encode_frames=True, num_frames=9, height=32, width=32,
+                           num_target_seen=2, num_target_unseen=2, num_train_scenes=100_000,
+                           synthetic_background=(0.0, 0.0, 0.0))  # = render.background
   config.render = dict(capacity=0, tile_size=16, background=(0.0, 0.0, 0.0))
   config.loss = dict(perceptual_weight=0.0, vgg_weights="")
   config.lpips = dict(backbone_weights="", heads_weights="")
-  config.train = dict(steps=1200, batch_size=4, grad_accum=1, log_every=20, checkpoint_every=100,
-                      keep_checkpoints=3, eval_every=200, nonfinite="skip", async_checkpoints=True)
-  config.optimizer = dict(learning_rate=2e-3, warmup_steps=50, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
-                          clip_norm=1.0, final_lr_fraction=0.1, schedule="cosine")
-  # Device mesh (wonderland_jax.parallel): "" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2";
-  # dcn: axis sizes across slices / nodes; rules: logical-axis rules (default parallel.DEFAULT_RULES).
-  config.parallel = dict(mesh="", dcn="", rules=placeholder(list))
+  config.train = train_block(steps=1200, batch_size=4)
+  config.optimizer = optimizer_block(learning_rate=2e-3, warmup_steps=50, b2=0.95, weight_decay=0.05)
+  config.parallel = parallel_block()
   return config

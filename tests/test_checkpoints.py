@@ -153,15 +153,6 @@ def test_load_onto_a_mesh_by_logical_axis_rules(tmp_path):
     checkpoints.load(tmp_path / "odd", mesh=mesh, rules=[("mlp", "tensor")])
 
 
-def test_logical_rules_follow_linen():
-  mesh = jax.make_mesh((2, 4), ("data", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  rules = [("batch", "data"), ("mlp", "tensor"), ("heads", "tensor"), ("heads", "data")]
-  assert checkpoints.logical_to_mesh_spec(("batch", "mlp"), rules, mesh) == PartitionSpec("data", "tensor")
-  # 'tensor' is taken by mlp, so heads falls through to its next rule; 'data' then is taken too.
-  assert checkpoints.logical_to_mesh_spec(("mlp", "heads"), rules, mesh) == PartitionSpec("tensor", "data")
-  assert checkpoints.logical_to_mesh_spec((None, "other"), rules, mesh) == PartitionSpec(None, None)
-
-
 def test_instantiate_keeps_non_param_state():
   config = {"width": 4, "hidden": 8}
   with nnx.use_eager_sharding(False):

@@ -34,16 +34,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from flax.core import spmd
-from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_directory
+from wonderland_jax.nn.partitioning import LogicalRules, default_sharding, param_sharding
 
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
 MODEL_JSON = "wonderland_model.json"
 PARAMS_DIR = "params"
+POSE_NORMALIZATION = "pose_normalization"  # metadata key: {"scale_mode", "scale_target"}
 # kind -> module whose import registers it.
 KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae",
                                "cogvideox_transformer": "wonderland_jax.models.dit",
@@ -51,7 +53,6 @@ KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae",
                                "lalrm": "wonderland_jax.models.lalrm",
                                "camera_dit": "wonderland_jax.models.camera_dit"}
 ModelBuilder = Callable[[dict, nnx.Rngs], nnx.Module]
-LogicalRules = Sequence[tuple[str, "str | tuple[str, ...] | None"]]
 
 _BUILDERS: dict[str, ModelBuilder] = {}
 
@@ -113,17 +114,11 @@ def _other_state(build: ModelBuilder, config: dict, abstract: nnx.Module) -> nnx
 
 def _as_param_state(abstract: nnx.Module, params: Any) -> nnx.State:
   """A Param state of `abstract`'s structure holding the arrays of `params` (State, Module or pure dict)."""
-  flat = _flat_pure(_pure_params(params))
+  given = {_dotted(p): value for p, value in _flat_pure(_pure_params(params)).items()}
   leaves = dict(nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
-  missing = [p for p in leaves if p not in flat]
-  extra = [p for p in flat if p not in leaves]
-  wrong = [f"{_dotted(p)}: {tuple(np.shape(flat[p]))} vs {tuple(leaves[p].get_value().shape)}"
-           for p in leaves if p in flat and tuple(np.shape(flat[p])) != tuple(leaves[p].get_value().shape)]
-  if missing or extra or wrong:
-    parts = (_listed("missing", [_dotted(p) for p in missing]), _listed("unexpected", [_dotted(p) for p in extra]),
-             _listed("shape (given vs model)", wrong))
-    raise WonderlandError("params do not fit the model: " + "; ".join(part for part in parts if part))
-  return nnx.from_flat_state([(p, leaf.replace(flat[p])) for p, leaf in leaves.items()])
+  check_fit({_dotted(p): leaf.get_value().shape for p, leaf in leaves.items()},
+            {key: np.shape(value) for key, value in given.items()}, "params do not fit the model")
+  return nnx.from_flat_state([(p, leaf.replace(given[_dotted(p)])) for p, leaf in leaves.items()])
 
 
 def instantiate(kind_or_build: str | ModelBuilder, config: dict, params: Any) -> nnx.Module:
@@ -178,6 +173,36 @@ def _listed(title: str, items: list[str], cap: int = 20) -> str:
     return ""
   more = f", ... ({len(items) - cap} more)" if len(items) > cap else ""
   return f"{len(items)} {title}: " + ", ".join(items[:cap]) + more
+
+
+def flat_shapes(tree: Mapping) -> dict[str, tuple[int, ...]]:
+  """{dotted path: shape} of the leaves of a pure dict of arrays (or of anything with a shape)."""
+  return {_dotted(p): tuple(np.shape(value)) for p, value in _flat_pure(tree).items()}
+
+
+def check_fit(expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]], what: str, *,
+              error: type[WonderlandError] = WonderlandError, ignored: Sequence[str] = (),
+              missing: str = "missing", unexpected: str = "unexpected",
+              mismatch: str = "{key}: given {found}, model {expected}") -> None:
+  """The one "these params do not fit this model" check: of checkpoints (`instantiate`, `load`), camera branch
+  checkpoints and torch state_dict files (`wonderland_jax.convert.state_dict.check_keys`).
+
+  `expected` and `found` map names (dotted paths, state_dict keys) to shapes. Unless they have the same names
+  with the same shapes, raises one `error` "{what}: ..." listing every expected name `found` lacks (titled
+  `missing`, with its shape), every found name not expected (titled `unexpected`, with its shape; names starting
+  with an `ignored` prefix are left out) and every shape mismatch (`mismatch` formatted with key, found and
+  expected), at most 20 of each.
+  """
+  expected = {key: tuple(int(d) for d in shape) for key, shape in expected.items()}
+  found = {key: tuple(int(d) for d in shape) for key, shape in found.items()}
+  absent = [f"{key} {shape}" for key, shape in expected.items() if key not in found]
+  extra = [f"{key} {shape}" for key, shape in found.items()
+           if key not in expected and not key.startswith(tuple(ignored))]
+  wrong = [mismatch.format(key=key, found=found[key], expected=shape)
+           for key, shape in expected.items() if key in found and found[key] != shape]
+  if absent or extra or wrong:
+    parts = (_listed(missing, absent), _listed(unexpected, extra), _listed("shape mismatch(es)", wrong))
+    raise error(f"{what}: " + "; ".join(part for part in parts if part))
 
 
 # Saving --------------------------------------------------------------------------------------------------
@@ -283,6 +308,15 @@ def read_description(directory: str | os.PathLike) -> tuple[str, dict, dict | No
   return kind, config, description.get("metadata")
 
 
+def pose_normalization(directory: str | os.PathLike) -> tuple[str, float]:
+  """(scale_mode, scale_target): the pose normalisation (`camera.normalize_poses`) the camera-conditioned model
+  in `directory` was trained with, from its metadata's `pose_normalization` (written by the training exports;
+  older exports: their `trained_with.data`); default ('max_distance', 1.0)."""
+  metadata = read_description(directory)[2] or {}
+  settings = metadata.get(POSE_NORMALIZATION) or metadata.get("trained_with", {}).get("data", {})
+  return settings.get("scale_mode", "max_distance"), float(settings.get("scale_target", 1.0))
+
+
 def _stored_arrays(directory: Path) -> dict[tuple, Any]:
   """{path (digit components as ints): ArrayMetadata} of the params checkpoint."""
   params_dir = directory / PARAMS_DIR
@@ -300,66 +334,6 @@ def _stored_arrays(directory: Path) -> dict[tuple, Any]:
 def _restore(directory: Path, target: dict) -> dict:
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(directory.absolute() / PARAMS_DIR, target)
-
-
-def _default_sharding() -> SingleDeviceSharding:
-  device = jax.config.jax_default_device
-  return SingleDeviceSharding(device if isinstance(device, jax.Device) else jax.devices()[0])
-
-
-def logical_to_mesh_spec(names: Sequence[Any], rules: LogicalRules, mesh: jax.sharding.Mesh) -> PartitionSpec:
-  """Logical axis names -> PartitionSpec, flax.linen style: for each dim the first rule for its name whose
-  mesh axis is not used yet by an earlier dim; names without a rule (and None) are replicated."""
-  used: set[str] = set()
-  spec = []
-  for name in names:
-    choice = None
-    for logical, mesh_axes in rules:
-      if logical != name or name is None:
-        continue
-      axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
-      if not axes:
-        break  # An explicit (name, None): replicate.
-      if used.isdisjoint(axes):
-        choice = mesh_axes if isinstance(mesh_axes, str) else tuple(axes)
-        used.update(axes)
-        break
-    spec.append(choice)
-  unknown = sorted({a for entry in spec if entry for a in ((entry,) if isinstance(entry, str) else entry)}
-                   - set(mesh.axis_names))
-  if unknown:
-    raise WonderlandError(f"sharding rules name mesh axes {unknown} not in the mesh {tuple(mesh.axis_names)}")
-  return PartitionSpec(*spec)
-
-
-def _logical_names(leaf: nnx.Variable) -> tuple | None:
-  metadata = leaf.get_metadata()
-  for field in ("out_sharding", "sharding_names", "sharding"):
-    names = metadata.get(field)
-    if names:
-      return tuple(names.spec) if isinstance(names, NamedSharding) else tuple(names)
-  return None
-
-
-def param_sharding(path: tuple, leaf: nnx.Variable, shape: tuple, mesh, rules) -> jax.sharding.Sharding:
-  """Where the param `leaf` (at `path`, of `shape`) goes: by its logical axis names and `rules` on `mesh`
-  (replicated without names or rules; the default device without a mesh). Raises `WonderlandError` when a
-  dimension does not divide over its mesh axes."""
-  if mesh is None:
-    return _default_sharding()
-  names = _logical_names(leaf)
-  if not names or not rules:
-    return NamedSharding(mesh, PartitionSpec())
-  if len(names) != len(shape):
-    raise WonderlandError(f"param {_dotted(path)}: {len(names)} logical axis names {names} for shape {shape}")
-  spec = logical_to_mesh_spec(names, rules, mesh)
-  for dim, entry in zip(shape, spec):
-    axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
-    size = int(np.prod([mesh.shape[a] for a in axes]))
-    if dim % size:
-      raise WonderlandError(f"param {_dotted(path)} of shape {shape} (axes {names}) cannot be split as {spec} "
-                            f"over mesh {dict(mesh.shape)}: {dim} is not divisible by {size}")
-  return NamedSharding(mesh, spec)
 
 
 def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
@@ -388,16 +362,11 @@ def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
   graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
   leaves = dict(nnx.to_flat_state(abstract_params))
   stored = _stored_arrays(directory)
-  missing = [_dotted(p) + f" {tuple(leaves[p].get_value().shape)}" for p in leaves if p not in stored]
-  extra = [_dotted(p) + f" {tuple(stored[p].shape)}" for p in stored if p not in leaves]
-  wrong = [f"{_dotted(p)}: stored {tuple(stored[p].shape)}, model {tuple(leaves[p].get_value().shape)}"
-           for p in leaves if p in stored and tuple(stored[p].shape) != tuple(leaves[p].get_value().shape)]
-  if missing or extra or wrong:
-    raise InputFileError(f"{directory / PARAMS_DIR}: the params do not fit the {kind!r} model built from "
-                         f"{directory / MODEL_JSON}: " + "; ".join(
-      part for part in (_listed("model param(s) missing from the checkpoint", missing),
-                        _listed("stored param(s) not in the model", extra),
-                        _listed("shape mismatch(es)", wrong)) if part))
+  check_fit({_dotted(p): leaf.get_value().shape for p, leaf in leaves.items()},
+            {_dotted(p): value.shape for p, value in stored.items()},
+            f"{directory / PARAMS_DIR}: the params do not fit the {kind!r} model built from {directory / MODEL_JSON}",
+            error=InputFileError, missing="model param(s) missing from the checkpoint",
+            unexpected="stored param(s) not in the model", mismatch="{key}: stored {found}, model {expected}")
   target = _unflatten({
     p: jax.ShapeDtypeStruct(tuple(stored[p].shape), stored[p].dtype,
                             sharding=param_sharding(p, leaf, tuple(stored[p].shape), mesh, rules))
@@ -418,6 +387,6 @@ def load_params(directory: str | os.PathLike) -> tuple[str, dict, dict]:
   directory = Path(directory)
   kind, config, _ = read_description(directory)
   stored = _stored_arrays(directory)
-  target = _unflatten({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=_default_sharding())
+  target = _unflatten({p: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=default_sharding())
                        for p, m in stored.items()})
   return kind, config, _restore(directory, target)

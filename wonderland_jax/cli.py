@@ -31,7 +31,7 @@ from wonderland_jax.demo import run_demo
 from wonderland_jax.diffusion.pipeline import VideoPipeline, resize_image
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval import command as eval_command
-from wonderland_jax.io_utils import (VIDEO_EXTENSIONS, atomic_directory, atomic_path, read_image, write_json,
+from wonderland_jax.io_utils import (VIDEO_EXTENSIONS, atomic_path, check_output_directory, read_image,
                                      write_png_dir, write_video)
 from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
@@ -178,16 +178,10 @@ def _generate_video(args: argparse.Namespace) -> None:
   _write_video_outputs(args, latents, frames)
 
 
-SCENE_OUTPUTS = ("scene.ply", "flythrough.mp4", "novel_orbit.mp4", "latents.npz", "report.json")
-
-
 def _generate(args: argparse.Namespace) -> None:
-  from wonderland_jax.pipeline import (WonderlandPipeline, generate_scene, peak_rss_bytes,  # noqa: PLC0415
-                                       write_scene_outputs)
+  from wonderland_jax.pipeline import WonderlandPipeline, generate_scene, save_generation  # noqa: PLC0415
   started = time.perf_counter()
-  out = Path(args.out)
-  if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
-    raise WonderlandError(f"--out {out}: exists and is not an empty directory; pass --overwrite to replace it")
+  check_output_directory(args.out, args.overwrite)
   _check_trajectory(args.trajectory)
   models, image = _load_with_image(
       args, lambda: WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora))
@@ -195,18 +189,12 @@ def _generate(args: argparse.Namespace) -> None:
   cameras = _video_trajectory(args, image.shape[1], image.shape[0])
   gaussians, extras = generate_scene(models, image, cameras, args.prompt, **_sampling_options(args, len(cameras)),
                                      decode_video=args.decode_video)
-  seconds.update(extras["seconds"])
-  names = SCENE_OUTPUTS + (("video.mp4",) if args.decode_video else ())
-  with atomic_directory(out) as staging:
-    seconds.update(write_scene_outputs(staging, gaussians, extras, fps=args.fps))
-    inputs = {key: value for key, value in vars(args).items()
-              if key not in ("run", "argv", "overrides", "accepts_overrides", "command", "verbose")}
-    write_json(staging / "report.json", dict(
-        inputs=inputs, outputs={name: str(out / name) for name in names}, seconds=seconds,
-        total_seconds=time.perf_counter() - started, peak_rss_bytes=peak_rss_bytes(), num_gaussians=gaussians.num,
-        pose_scale=extras["pose_scale"], device=jax.devices()[0].platform))
+  inputs = {key: value for key, value in vars(args).items()
+            if key not in ("run", "argv", "overrides", "accepts_overrides", "command", "verbose")}
+  names = save_generation(args.out, gaussians, extras, inputs=inputs, seconds=seconds | extras["seconds"],
+                          started=started, fps=args.fps)
   print(f"wonderland generate: {gaussians.num} Gaussians in {time.perf_counter() - started:.0f}s; wrote "
-        f"{', '.join(names)} to {out}")
+        f"{', '.join(names)} to {args.out}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -255,7 +243,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _plan(args: argparse.Namespace) -> None:
   from wonderland_jax.parallel.mesh import parse_axes  # noqa: PLC0415
-  from wonderland_jax.parallel.plan import ACCELERATORS  # noqa: PLC0415
+  from wonderland_jax.train.plan import ACCELERATORS  # noqa: PLC0415
   sizes, dcn = parse_axes(args.mesh), parse_axes(args.dcn)
   if -1 in sizes.values() or -1 in dcn.values():
     raise WonderlandError(f"--mesh {args.mesh}: give every axis size (a plan has no devices to fill in)")
@@ -274,27 +262,18 @@ def _plan(args: argparse.Namespace) -> None:
       raise WonderlandError(f"planning failed (exit status {result.returncode}); see the messages above")
     return
   from wonderland_jax.parallel.mesh import make_mesh  # noqa: PLC0415
-  from wonderland_jax.parallel.plan import plan_training  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
-  from wonderland_jax.train.tasks import make_task, planning_config, task_name  # noqa: PLC0415
-  config = load_config(args.config, args.overrides)
-  name = args.model or task_name(config)
-  config = planning_config(name, config)
-  mesh = make_mesh(args.mesh, dcn=args.dcn or None, devices=jax.devices()[:devices])
+  from wonderland_jax.train.plan import plan_config  # noqa: PLC0415
+  depths = None
   if args.extrapolate:
-    from wonderland_jax.parallel.plan import plan_extrapolated  # noqa: PLC0415
-    from wonderland_jax.train.tasks import DEPTH_KEYS  # noqa: PLC0415
-    if name not in DEPTH_KEYS:
-      raise WonderlandError(f"--extrapolate: no depth keys known for {name}")
     try:
       depths = tuple(int(v) for v in args.extrapolate.split(","))
     except ValueError:
-      raise WonderlandError(f"--extrapolate {args.extrapolate!r}: two block counts like 2,4") from None
+      depths = ()
     if len(depths) != 2:
       raise WonderlandError(f"--extrapolate {args.extrapolate!r}: two block counts like 2,4")
-    plan = plan_extrapolated(lambda c: make_task(name, c), config, mesh, DEPTH_KEYS[name], depths)
-  else:
-    plan = plan_training(make_task(name, config), config, mesh)
+  mesh = make_mesh(args.mesh, dcn=args.dcn or None, devices=jax.devices()[:devices])
+  plan = plan_config(load_config(args.config, args.overrides), mesh, model=args.model, extrapolate=depths)
   accelerator = ACCELERATORS[args.accelerator]
   print(plan.table(accelerator, args.mfu))
   if not plan.fits(accelerator):
@@ -310,11 +289,11 @@ _PLAN_CHILD = "WONDERLAND_PLAN_DEVICES"
 
 
 def _prepare_latents(args: argparse.Namespace) -> None:
-  from wonderland_jax.data.latent_cache import prepare_latents  # noqa: PLC0415
+  from wonderland_jax.data.latent_writer import prepare_latents  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
-  from wonderland_jax.train.lalrm import load_vae  # noqa: PLC0415
+  from wonderland_jax.models.vae import load_vae  # noqa: PLC0415
   config = load_config(args.config, args.overrides)
-  cache = prepare_latents(config, load_vae(config), args.out, num_clips=args.num_clips, shard_size=args.shard_size,
+  cache = prepare_latents(config, load_vae(config.vae), args.out, num_clips=args.num_clips, shard_size=args.shard_size,
                           seed=args.seed, batch_size=args.batch_size, image_codec=args.image_codec,
                           overwrite=args.overwrite)
   logger.info("wrote %d clips to %s; train from it with --config.data.source=latents --config.data.root=%s "
@@ -322,38 +301,9 @@ def _prepare_latents(args: argparse.Namespace) -> None:
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-  from wonderland_jax import checkpoints  # noqa: PLC0415
-  from wonderland_jax.reconstruct import (check_vae, default_vae_directory, read_frames,  # noqa: PLC0415
-                                          reconstruct, trained_normalization)
-  from wonderland_jax.splat import save_ply  # noqa: PLC0415
-  if Path(args.out).suffix.lower() != ".ply":
-    raise WonderlandError(f"--out {args.out}: the scene is written as a .ply file")
-  if args.render is not None and Path(args.render).suffix.lower() not in VIDEO_EXTENSIONS:
-    raise WonderlandError(f"--render {args.render}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
-  lalrm = checkpoints.load(args.model)
-  vae_directory = Path(args.vae) if args.vae else default_vae_directory(args.model)
-  if not vae_directory.is_dir():
-    raise WonderlandError(f"--vae: {vae_directory} not found; pass the VAE the LaLRM was trained with")
-  vae = checkpoints.load(vae_directory)
-  check_vae(lalrm.config, vae.config, args.model, str(vae_directory))
-  frames = read_frames(args.video)
-  height, width = frames.shape[1:3]
-  if args.size:
-    width, height = args.size
-    frames = np.stack([resize_image(frame, height, width) for frame in frames])
-  poses = read_pose_file(args.cameras, width=width, height=height)
-  if len(poses) != len(frames):
-    raise WonderlandError(f"--cameras {args.cameras} has {len(poses)} poses but --video {args.video} has "
-                          f"{len(frames)} frames")
-  scale_mode, scale_target = trained_normalization(args.model)
-  gaussians, cameras = reconstruct(lalrm, vae, frames, poses.cameras, scale_mode=scale_mode,
-                                   scale_target=scale_target)
-  save_ply(args.out, gaussians)
-  logger.info("wrote %s (%d Gaussians)", args.out, gaussians.num)
-  if args.render:
-    frames_out = list(render_frames(gaussians, cameras, desc="rendering the input path"))
-    write_video(args.render, frames_out, fps=args.fps)
-    logger.info("wrote %s (the input cameras, re-rendered)", args.render)
+  from wonderland_jax.reconstruct import reconstruct_files  # noqa: PLC0415
+  reconstruct_files(args.model, args.video, args.cameras, args.out, vae=args.vae, size=args.size,
+                    render=args.render, fps=args.fps)
 
 
 def _add_camera_flags(parser: argparse.ArgumentParser) -> None:

@@ -85,6 +85,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
       shutil.rmtree(old, ignore_errors=True)
 
 
+def check_output_directory(path: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> None:
+  """Raises `WonderlandError` naming `flag` when `path` exists and is not an empty directory, unless `overwrite`
+  (then `atomic_directory` replaces it whole)."""
+  path = Path(path)
+  if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+    hint = "; pass --overwrite to replace it" if flag == "--out" else ""
+    raise WonderlandError(f"{flag} {path}: exists and is not an empty directory{hint}")
+
+
 def _json_default(value: Any) -> Any:
   """Converts numpy / jax scalars and arrays (anything with `tolist`) for `json.dumps`."""
   if hasattr(value, "tolist"):

@@ -38,11 +38,11 @@ from wonderland_jax.camera.camera import Camera
 from wonderland_jax.convert.pipeline import read_pipeline
 from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline
 from wonderland_jax.errors import InputFileError
-from wonderland_jax.io_utils import write_video
+from wonderland_jax.io_utils import atomic_directory, write_json, write_video
 from wonderland_jax.models.lalrm import LaLRM
 from wonderland_jax.models.vae import VAEConfig
 from wonderland_jax.progress import progress
-from wonderland_jax.reconstruct import check_latents, check_vae, reconstruct_latents, trained_normalization
+from wonderland_jax.reconstruct import check_latents, check_vae, reconstruct_latents
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 from wonderland_jax.splat.gaussians import Gaussians
 from wonderland_jax.splat.ply import save_ply
@@ -75,7 +75,7 @@ class WonderlandPipeline:
     vae_config = VAEConfig.from_diffusers(checkpoints.read_description(Path(model_directory) / "vae")[1])
     check_vae(lalrm.config, vae_config, str(lalrm_directory), str(model_directory))
     video = CameraVideoPipeline.load(model_directory, branch_directory, merge_lora=merge_lora)
-    return cls(video, lalrm, *trained_normalization(lalrm_directory))
+    return cls(video, lalrm, *checkpoints.pose_normalization(lalrm_directory))
 
   @property
   def default_size(self) -> tuple[int, int]:
@@ -173,3 +173,22 @@ def write_scene_outputs(directory: str | os.PathLike, gaussians: Gaussians, extr
                 fps=fps)
     seconds[Path(name).stem] = time.perf_counter() - start
   return seconds
+
+
+SCENE_OUTPUTS = ("scene.ply", "flythrough.mp4", "novel_orbit.mp4", "latents.npz", "report.json")
+
+
+def save_generation(out: str | os.PathLike, gaussians: Gaussians, extras: dict[str, Any], *, inputs: dict,
+                    seconds: dict[str, float], started: float, fps: float = 8.0) -> tuple[str, ...]:
+  """`wonderland generate`'s outputs, written whole into `out` (`write_scene_outputs`, plus `video.mp4` when the
+  video was decoded, and report.json: the inputs, outputs, seconds per stage, total seconds since `started`
+  (a `time.perf_counter()`), peak memory, Gaussian count, pose scale and device). Returns the file names."""
+  out = Path(out)
+  names = SCENE_OUTPUTS + (("video.mp4",) if extras.get("frames") is not None else ())
+  with atomic_directory(out) as staging:
+    seconds = dict(seconds, **write_scene_outputs(staging, gaussians, extras, fps=fps))
+    write_json(staging / "report.json", dict(
+        inputs=inputs, outputs={name: str(out / name) for name in names}, seconds=seconds,
+        total_seconds=time.perf_counter() - started, peak_rss_bytes=peak_rss_bytes(), num_gaussians=gaussians.num,
+        pose_scale=extras["pose_scale"], device=jax.devices()[0].platform))
+  return names

@@ -4,7 +4,7 @@
 
 The frames are encoded by the VAE (posterior mean times its scaling factor: what the LaLRM trained on), the
 cameras are re-based on the first frame and scale-normalised exactly as the training clips were
-(`data.clips.normalize_poses` with the mode and target the model was trained with), and the Gaussians are
+(`camera.normalize_poses` with the mode and target the model was trained with: `checkpoints.pose_normalization`), and the Gaussians are
 returned in the first camera's frame, in the *input's* units (the normalisation undone: means and scales
 divided by the pose scale), so they line up with the given cameras re-based on the first.
 `reconstruct_latents` starts from latents instead (a video model's samples: no decoding and re-encoding).
@@ -23,12 +23,12 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.data.clips import normalize_poses
+from wonderland_jax.camera.poses import normalize_poses
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import read_image
-from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
+from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig, predict
+from wonderland_jax.models.vae import encode_frames
 from wonderland_jax.splat.gaussians import Gaussians
-from wonderland_jax.train.lalrm import encode_frames, predict
 
 logger = logging.getLogger("wonderland_jax")
 
@@ -57,13 +57,6 @@ def read_frames(path: str | os.PathLike) -> np.ndarray:
   if frames.ndim != 4 or frames.shape[-1] < 3:
     raise InputFileError(f"{path}: expected a colour video, got an array of shape {frames.shape}")
   return frames[..., :3].astype(np.float32) / 255.0
-
-
-def trained_normalization(lalrm_directory: str | os.PathLike) -> tuple[str, float]:
-  """(scale_mode, scale_target) the LaLRM in `lalrm_directory` was trained with (default max_distance, 1)."""
-  metadata = checkpoints.read_description(lalrm_directory)[2] or {}
-  data = metadata.get("trained_with", {}).get("data", {})
-  return data.get("scale_mode", "max_distance"), float(data.get("scale_target", 1.0))
 
 
 def default_vae_directory(lalrm_directory: str | os.PathLike) -> Path:
@@ -105,9 +98,10 @@ def _encode(vae, frames):
   return encode_frames(vae, frames)
 
 
-@nnx.jit(static_argnames=("height", "width"))
-def _predict(lalrm, latents, viewmats, intrinsics, height, width):
-  return predict(lalrm, latents, viewmats, intrinsics, height, width)[1]
+@nnx.jit(static_argnames=("height", "width", "scale_mode", "scale_target"))
+def _predict(lalrm, latents, viewmats, intrinsics, height, width, scale_mode, scale_target):
+  return predict(lalrm, latents, viewmats, intrinsics, height, width, scale_mode=scale_mode,
+                 scale_target=scale_target)[1]
 
 
 def reconstruct_latents(lalrm: LaLRM, latents: jax.Array, cameras: Camera, *, scale_mode: str = "max_distance",
@@ -123,7 +117,7 @@ def reconstruct_latents(lalrm: LaLRM, latents: jax.Array, cameras: Camera, *, sc
   cameras = cameras.resized(width, height)
   viewmats, scale = normalize_poses(np.asarray(cameras.viewmat), len(cameras), scale_mode, scale_target)
   gaussians = _predict(lalrm, jnp.asarray(latents), jnp.asarray(viewmats, jnp.float32)[None],
-                       jnp.asarray(cameras.K)[None], height, width)
+                       jnp.asarray(cameras.K)[None], height, width, scale_mode, float(scale_target))
   gaussians = jax.tree.map(lambda x: x[0], gaussians)
   unscaled = viewmats.copy()
   unscaled[:, :3, 3] /= scale
@@ -150,3 +144,46 @@ def reconstruct(lalrm: LaLRM, vae, frames: np.ndarray, cameras: Camera, *, scale
   gaussians, cameras, _ = reconstruct_latents(lalrm, latents, cameras, scale_mode=scale_mode,
                                               scale_target=scale_target)
   return gaussians, cameras
+
+
+def reconstruct_files(model: str | os.PathLike, video: str | os.PathLike, cameras: str | os.PathLike,
+                      out: str | os.PathLike, *, vae: str | os.PathLike | None = None,
+                      size: tuple[int, int] | None = None, render: str | os.PathLike | None = None,
+                      fps: float = 8.0) -> Gaussians:
+  """`wonderland reconstruct`: the trained LaLRM in `model` on a video file or frames directory with its pose file
+  (one camera per frame) -> `out` (.ply), and with `render` the scene re-rendered along the input cameras (a
+  video). `vae` defaults to `default_vae_directory(model)`; `size` (width, height) resizes the frames first. The
+  cameras are normalised as the LaLRM trained (`checkpoints.pose_normalization`)."""
+  from wonderland_jax.camera.io import read_pose_file  # noqa: PLC0415
+  from wonderland_jax.diffusion.pipeline import resize_image  # noqa: PLC0415
+  from wonderland_jax.io_utils import VIDEO_EXTENSIONS, write_video  # noqa: PLC0415
+  from wonderland_jax.splat.flythrough import render_frames  # noqa: PLC0415
+  from wonderland_jax.splat.ply import save_ply  # noqa: PLC0415
+  if Path(out).suffix.lower() != ".ply":
+    raise WonderlandError(f"--out {out}: the scene is written as a .ply file")
+  if render is not None and Path(render).suffix.lower() not in VIDEO_EXTENSIONS:
+    raise WonderlandError(f"--render {render}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
+  lalrm = checkpoints.load(model)
+  vae_directory = Path(vae) if vae else default_vae_directory(model)
+  if not vae_directory.is_dir():
+    raise WonderlandError(f"--vae: {vae_directory} not found; pass the VAE the LaLRM was trained with")
+  vae_model = checkpoints.load(vae_directory)
+  check_vae(lalrm.config, vae_model.config, str(model), str(vae_directory))
+  frames = read_frames(video)
+  height, width = frames.shape[1:3]
+  if size:
+    width, height = size
+    frames = np.stack([resize_image(frame, height, width) for frame in frames])
+  poses = read_pose_file(cameras, width=width, height=height)
+  if len(poses) != len(frames):
+    raise WonderlandError(f"--cameras {cameras} has {len(poses)} poses but --video {video} has "
+                          f"{len(frames)} frames")
+  scale_mode, scale_target = checkpoints.pose_normalization(model)
+  gaussians, rebased = reconstruct(lalrm, vae_model, frames, poses.cameras, scale_mode=scale_mode,
+                                   scale_target=scale_target)
+  save_ply(out, gaussians)
+  logger.info("wrote %s (%d Gaussians)", out, gaussians.num)
+  if render:
+    write_video(render, list(render_frames(gaussians, rebased, desc="rendering the input path")), fps=fps)
+    logger.info("wrote %s (the input cameras, re-rendered)", render)
+  return gaussians

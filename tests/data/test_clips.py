@@ -9,8 +9,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from tests.data.conftest import HEIGHT, SPEC, WIDTH
-from wonderland_jax.data import (ClipSource, ClipSpec, crop_transform, normalize_poses, resize_and_crop, sample_indices,
-                                 scan_dataset)
+from wonderland_jax.camera import normalize_poses
+from wonderland_jax.data import ClipSource, ClipSpec, crop_transform, resize_and_crop, sample_indices, scan_dataset
 from wonderland_jax.errors import InputFileError, WonderlandError
 
 

@@ -13,7 +13,8 @@ from tests.models.test_camera_dit import _perturb
 from wonderland_jax import checkpoints
 from wonderland_jax.camera import Camera, PoseSequence, make_trajectory, write_realestate10k
 from wonderland_jax.cli import main
-from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline, trajectory_plucker
+from wonderland_jax.camera import conditioning_rays
+from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.io_utils import write_png
 from wonderland_jax.models import camera_dit
@@ -35,14 +36,14 @@ def _moved(cameras: Camera, scale: float, seed: int = 0) -> Camera:
 
 def test_rays_are_rebased_and_scale_normalised():
   cameras = make_trajectory("orbit", 5, width=16, height=12)  # starts at the identity; farthest camera ~2 away
-  expected = trajectory_plucker(_moved(cameras, 0.5), 12, 16)
-  moved = trajectory_plucker(_moved(cameras, 7.0, seed=1), 12, 16)
+  expected = conditioning_rays(_moved(cameras, 0.5), 12, 16)
+  moved = conditioning_rays(_moved(cameras, 7.0, seed=1), 12, 16)
   np.testing.assert_allclose(np.asarray(moved), np.asarray(expected), atol=2e-5)
   assert expected.shape == (5, 12, 16, 6)
   np.testing.assert_array_equal(np.asarray(expected[0, ..., :3]), 0)  # frame 0 at the origin: zero moment
   # Scale-normalised: the farthest camera is 1 from the first (the default max_distance, target 1).
   unit = make_trajectory("orbit", 5, width=16, height=12, radius=1.0)  # 60 degrees: the chord is the radius
-  np.testing.assert_allclose(np.asarray(expected), np.asarray(trajectory_plucker(unit, 12, 16, scale_mode="none")),
+  np.testing.assert_allclose(np.asarray(expected), np.asarray(conditioning_rays(unit, 12, 16, scale_mode="none")),
                              atol=2e-5)
 
 
@@ -56,7 +57,7 @@ def test_cogvideox_15_padding_frames_get_the_first_camera():
   rays = np.asarray(pipe.plucker(cameras, 16, 16))
   assert rays.shape == (1, 13, 16, 16, 6)
   np.testing.assert_array_equal(rays[0, :5], np.broadcast_to(rays[0, 4], (5, 16, 16, 6)))
-  np.testing.assert_array_equal(rays[0, 4:], np.asarray(trajectory_plucker(cameras, 16, 16)))
+  np.testing.assert_array_equal(rays[0, 4:], np.asarray(conditioning_rays(cameras, 16, 16)))
   with pytest.raises(WonderlandError, match="--frames 5 but the trajectory has 9 cameras"):
     pipe.generate(np.zeros((16, 16, 3)), "", cameras, num_frames=5, key=None)
 

@@ -24,9 +24,9 @@ from torch import nn
 
 from tests.reference_models import assert_close_relative as _assert_close
 from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.eval.features import frechet_video_distance, fvd_features, fvd_statistics
 from wonderland_jax.eval.frechet import feature_statistics, frechet_distance
-from wonderland_jax.models.i3d import (BN_EPS, ENDPOINT_NAMES, fvd_features, fvd_statistics, frechet_video_distance,
-                                       load_i3d, preprocess_videos, same_padding)
+from wonderland_jax.models.i3d import BN_EPS, ENDPOINT_NAMES, load_i3d, preprocess_videos, same_padding
 
 torch.set_num_threads(2)
 

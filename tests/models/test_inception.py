@@ -20,9 +20,9 @@ from torch import nn
 
 from tests.reference_models import assert_close_relative as _max_error
 from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.eval.features import fid_features, fid_statistics
 from wonderland_jax.eval.frechet import feature_statistics, frechet_distance
-from wonderland_jax.models.inception import (FIDInception, fid_features, fid_statistics, load_fid_inception,
-                                             preprocess)
+from wonderland_jax.models.inception import FIDInception, load_fid_inception, preprocess
 
 
 class BasicConv2d(nn.Module):

@@ -16,8 +16,9 @@ from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.models.t5 import T5Config, T5Encoder
 from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
 from wonderland_jax.nn.partitioning import activation_rules
-from wonderland_jax.parallel.mesh import AXES, DEFAULT_RULES, make_mesh
-from wonderland_jax.parallel.plan import plan_training
+from wonderland_jax.nn.partitioning import DEFAULT_RULES
+from wonderland_jax.parallel.mesh import AXES, make_mesh
+from wonderland_jax.train.plan import plan_training
 from wonderland_jax.train.config import load_config
 from wonderland_jax.train.tasks import make_task
 
@@ -151,7 +152,7 @@ def test_main_activations_are_constrained_only_under_rules_and_a_mesh():
 
 def _step_flops_per_device(num_devices: int) -> float:
   """XLA's FLOPs per device of the tiny camera DiT's training step with full remat (as the 5B config) on an
-  fsdp=N mesh with one clip per device (`parallel.plan_training`: abstract inputs, nothing allocated)."""
+  fsdp=N mesh with one clip per device (`train.plan.plan_training`: abstract inputs, nothing allocated)."""
   config = load_config("camera_dit_tiny", ["--config.base.remat=full", "--config.base.random_config.num_layers=2",
                                            "--config.camera.controlnet_layers=1",
                                            "--config.base.random_config.max_text_seq_length=32",

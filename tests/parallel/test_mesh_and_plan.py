@@ -14,8 +14,9 @@ from jax.sharding import PartitionSpec
 from wonderland_jax.cli import main
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.nn.partitioning import axes, param_init_context
-from wonderland_jax.parallel.mesh import AXES, DEFAULT_RULES, make_mesh, parse_axes, state_shardings
-from wonderland_jax.parallel.plan import ACCELERATORS, plan_training
+from wonderland_jax.nn.partitioning import DEFAULT_RULES, state_shardings
+from wonderland_jax.parallel.mesh import AXES, make_mesh, parse_axes
+from wonderland_jax.train.plan import ACCELERATORS, plan_training
 from wonderland_jax.train.loop import Task
 
 
@@ -109,7 +110,7 @@ def test_plan_command_on_the_tiny_camera_dit(tmp_path):
 
 def test_params_are_born_sharded_and_checkpoints_restore_onto_the_building_mesh(tmp_path):
   from wonderland_jax import checkpoints  # noqa: PLC0415
-  from wonderland_jax.parallel.mesh import building_on  # noqa: PLC0415
+  from wonderland_jax.nn.partitioning import building_on  # noqa: PLC0415
   from wonderland_jax.train.loop import setup  # noqa: PLC0415
   mesh = make_mesh("fsdp=4,tensor=2")
   prepared = setup(_task(), _config(), mesh=mesh)
@@ -124,7 +125,7 @@ def test_params_are_born_sharded_and_checkpoints_restore_onto_the_building_mesh(
 
 
 def test_extrapolated_plan_matches_the_compiled_one():
-  from wonderland_jax.parallel.plan import plan_extrapolated  # noqa: PLC0415
+  from wonderland_jax.train.plan import plan_extrapolated  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
   from wonderland_jax.train.tasks import DEPTH_KEYS, make_task, planning_config  # noqa: PLC0415
   config = planning_config("lalrm", load_config("lalrm_tiny", ["--config.train.batch_size=8",

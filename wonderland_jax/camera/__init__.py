@@ -1,4 +1,5 @@
-"""Cameras: the `Camera` pytree, Plücker rays, trajectories and pose-file readers."""
+"""Cameras: the `Camera` pytree, Plücker rays, pose re-basing / normalisation and the conditioning rays models
+read, trajectories and pose-file readers."""
 
 from wonderland_jax.camera.camera import Camera, intrinsics_matrix, rigid_inverse
 from wonderland_jax.camera.io import (
@@ -11,6 +12,13 @@ from wonderland_jax.camera.io import (
   read_realestate10k,
   write_realestate10k,
 )
+from wonderland_jax.camera.poses import (
+  SCALE_MODES,
+  conditioning_rays,
+  normalize_poses,
+  normalize_trajectory_scale,
+  rebase_to_first,
+)
 from wonderland_jax.camera.rays import pixel_centers, plucker_rays, ray_bundle, relative_to_first
 from wonderland_jax.camera.trajectories import (
   CAMERA_OPTIONS,
@@ -18,10 +26,8 @@ from wonderland_jax.camera.trajectories import (
   dolly,
   look_at,
   make_trajectory,
-  normalize_trajectory_scale,
   orbit,
   pan,
-  rebase_to_first,
   spiral,
   zoom_out,
 )

@@ -43,7 +43,7 @@ class Camera:
   @property
   def c2w(self) -> jax.Array:
     """(..., 4, 4) camera->world matrices (OpenCV axes)."""
-    return rigid_inverse(self.viewmat)
+    return rigid_inverse(jnp.asarray(self.viewmat))
 
   @property
   def position(self) -> jax.Array:
@@ -100,14 +100,19 @@ def intrinsics_matrix(fx, fy, cx, cy) -> jax.Array:
   return jnp.stack(rows, -2)
 
 
-def rigid_inverse(matrix: jax.Array) -> jax.Array:
-  """Inverse of rigid (rotation + translation) 4x4 matrices (..., 4, 4)."""
-  rotation = matrix[..., :3, :3]
-  translation = matrix[..., :3, 3]
-  rotation_t = jnp.swapaxes(rotation, -1, -2)
-  top = jnp.concatenate([rotation_t, -jnp.einsum("...ij,...j->...i", rotation_t, translation)[..., None]], -1)
-  bottom = jnp.broadcast_to(jnp.asarray([0, 0, 0, 1], matrix.dtype), matrix.shape[:-2] + (1, 4))
-  return jnp.concatenate([top, bottom], -2)
+def rigid_inverse(matrix):
+  """Inverse of rigid (rotation + translation) transforms (..., 4, 4) or (..., 3, 4) (same shape out).
+
+  numpy in, numpy out (its dtype kept: host-side pose code); anything else is computed with jax.numpy.
+  """
+  xp = np if isinstance(matrix, np.ndarray) else jnp
+  rotation_t = xp.swapaxes(matrix[..., :3, :3], -1, -2)
+  translation = -xp.einsum("...ij,...j->...i", rotation_t, matrix[..., :3, 3])
+  top = xp.concatenate([rotation_t, translation[..., None]], -1)
+  if matrix.shape[-2] == 3:
+    return top
+  bottom = xp.broadcast_to(xp.asarray([0, 0, 0, 1], matrix.dtype), matrix.shape[:-2] + (1, 4))
+  return xp.concatenate([top, bottom], -2)
 
 
 def _as_4x4(matrix: jax.Array, name: str) -> jax.Array:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wonderland_jax.camera.camera import Camera
+from wonderland_jax.camera.camera import Camera, rigid_inverse
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_path
 
@@ -173,7 +173,7 @@ def read_nerfstudio(path) -> PoseSequence:
   c2w = np.stack([e[3] for e in entries])  # (F, 3, 4) OpenGL axes
   c2w[:, :, 1:3] *= -1  # camera y up -> down, z back -> forward (OpenCV)
   fx, fy, cx, cy = (np.array([e[2][key] for e in entries]) for key in ("fl_x", "fl_y", "cx", "cy"))
-  cameras = _make_cameras(_rigid_inverse_3x4(c2w), _intrinsics(fx, fy, cx, cy), width, height)
+  cameras = _make_cameras(rigid_inverse(c2w), _intrinsics(fx, fy, cx, cy), width, height)
   return PoseSequence(cameras, [e[0] for e in entries])
 
 
@@ -442,12 +442,6 @@ def _intrinsics(fx, fy, cx, cy) -> np.ndarray:
   K = np.zeros((len(fx), 3, 3))
   K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = fx, fy, cx, cy, 1.0
   return K
-
-
-def _rigid_inverse_3x4(matrix: np.ndarray) -> np.ndarray:
-  """(F, 3, 4) rigid transforms -> their (F, 3, 4) inverses."""
-  rotation_t = np.swapaxes(matrix[:, :, :3], -1, -2)
-  return np.concatenate([rotation_t, -rotation_t @ matrix[:, :, 3:]], -1)
 
 
 def _shared_image_size(sizes: list[tuple[str, float, float]], path: Path) -> tuple[int, int]:

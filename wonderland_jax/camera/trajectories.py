@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from wonderland_jax.camera.camera import Camera
+from wonderland_jax.camera.poses import as_pose_array, rebase_to_first
 from wonderland_jax.errors import WonderlandError
 
 DEFAULT_WIDTH = 1024
@@ -58,47 +59,6 @@ def look_at(eye, target, up=OPENCV_WORLD_UP) -> np.ndarray:
   c2w[..., :3, 0], c2w[..., :3, 1], c2w[..., :3, 2], c2w[..., :3, 3] = right, down, forward, eye
   c2w[..., 3, 3] = 1.0
   return c2w
-
-
-def rebase_to_first(c2w) -> np.ndarray:
-  """(F, 4, 4) c2w -> the same poses in frame 0's frame: inv(c2w_0) @ c2w_i (frame 0 becomes identity)."""
-  c2w = _as_pose_array(c2w, "c2w")
-  return _rigid_inverse(c2w[0]) @ c2w
-
-
-def normalize_trajectory_scale(c2w, target: float = 1.0, mode: str = "max_distance") -> np.ndarray:
-  """Uniformly rescales a trajectory's translations so its size is `target` (rotations unchanged).
-
-  The world is scaled about its origin (positions p_i -> s * p_i), exactly as if the scene had been
-  scaled, so the result is invariant to the input's metric scale (RealEstate10K, ACID and DL3DV use
-  different units). Frame 0 stays at the origin when it started there (e.g. after `rebase_to_first`).
-
-  Args:
-    c2w: (F, 4, 4) camera->world matrices.
-    target: the size the trajectory gets.
-    mode: 'max_distance': the largest distance of any camera centre from camera 0's centre becomes
-      `target`; 'path_length': the summed distance between consecutive camera centres becomes `target`
-      (mean step length target / (F - 1)).
-
-  Returns:
-    (F, 4, 4) rescaled c2w, same float dtype. A degenerate trajectory (all centres at one place, up to
-    float round-off) is returned unchanged.
-  """
-  c2w = _as_pose_array(c2w, "c2w")
-  positions = c2w[:, :3, 3]
-  if mode == "max_distance":
-    size = np.max(np.linalg.norm(positions - positions[0], axis=-1))
-  elif mode == "path_length":
-    size = np.sum(np.linalg.norm(np.diff(positions, axis=0), axis=-1))
-  else:
-    raise WonderlandError(
-      f"normalize_trajectory_scale: unknown mode {mode!r}; valid: 'max_distance', 'path_length'")
-  tolerance = 16 * np.finfo(c2w.dtype).eps * max(1.0, float(np.max(np.abs(positions))))
-  if size <= tolerance:
-    return c2w.copy()
-  scaled = c2w.copy()
-  scaled[:, :3, 3] *= target / size
-  return scaled
 
 
 def orbit(num_frames: int, *, radius: float = 2.0, degrees: float = 60.0, **camera_options) -> Camera:
@@ -185,7 +145,7 @@ def make_trajectory(name: str, num_frames: int, **kwargs) -> Camera:
 def _cameras(motions: np.ndarray, start_c2w=None, K=None, width: int = DEFAULT_WIDTH,
              height: int = DEFAULT_HEIGHT, fov_deg: float | None = None) -> Camera:
   """Batched float32 Camera with c2w_i = start_c2w @ motions_i; see the module docstring for the rest."""
-  start = np.eye(4) if start_c2w is None else _as_pose_array(start_c2w, "start_c2w", batched=False)
+  start = np.eye(4) if start_c2w is None else as_pose_array(start_c2w, "start_c2w", batched=False)
   c2w = (start.astype(np.float64) @ motions).astype(np.float32)
   if K is not None:
     if fov_deg is not None:
@@ -219,26 +179,3 @@ def _rotation_about_y(angles: np.ndarray) -> np.ndarray:
   matrices[..., 0, 0], matrices[..., 0, 2] = cos, sin
   matrices[..., 2, 0], matrices[..., 2, 2] = -sin, cos
   return matrices
-
-
-def _rigid_inverse(matrix: np.ndarray) -> np.ndarray:
-  rotation_t = np.swapaxes(matrix[..., :3, :3], -1, -2)
-  inverse = np.broadcast_to(np.eye(4, dtype=matrix.dtype), matrix.shape).copy()
-  inverse[..., :3, :3] = rotation_t
-  inverse[..., :3, 3] = -np.einsum("...ij,...j->...i", rotation_t, matrix[..., :3, 3])
-  return inverse
-
-
-def _as_pose_array(c2w, name: str, batched: bool = True) -> np.ndarray:
-  """Float numpy copy of (F, 4, 4) (or (4, 4) when not batched) poses; (3, 4) rows are completed."""
-  c2w = np.asarray(c2w)
-  if not np.issubdtype(c2w.dtype, np.floating):
-    c2w = c2w.astype(np.float64)
-  if c2w.shape[-2:] == (3, 4):
-    bottom = np.broadcast_to(np.array([0, 0, 0, 1], c2w.dtype), c2w.shape[:-2] + (1, 4))
-    c2w = np.concatenate([c2w, bottom], -2)
-  expected_ndim = 3 if batched else 2
-  if c2w.ndim != expected_ndim or c2w.shape[-2:] != (4, 4) or (batched and c2w.shape[0] == 0):
-    expected = "(F, 4, 4) with F >= 1" if batched else "(4, 4)"
-    raise WonderlandError(f"{name} must have shape {expected}, got {c2w.shape}")
-  return c2w.copy()

@@ -7,11 +7,14 @@
 turn the source's config.json into our model config (`config_from_source`), the rule table that maps tensor
 names onto our params (`rules`, see `wonderland_jax.convert.rules`), the builder of our model (`build`) and
 the checkpoint kind it is saved as (`kind`, registered with `wonderland_jax.checkpoints.register_model`).
+The built-in entries are "module:attribute" strings, imported the first time `get_converter(name)` asks for
+them, so importing this package imports no model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -49,7 +52,24 @@ class Converter:
   build: Callable[[dict, nnx.Rngs], nnx.Module]
 
 
-CONVERTERS: dict[str, Converter] = {}
+# name -> its Converter, or the "module:attribute" holding it (imported on first use, see `get_converter`).
+CONVERTERS: dict[str, Converter | str] = {
+  "vae": "wonderland_jax.convert.cogvideox_vae:CONVERTER",
+  "transformer": "wonderland_jax.convert.cogvideox_transformer:CONVERTER",
+  "text_encoder": "wonderland_jax.convert.t5:CONVERTER",
+}
+
+
+def get_converter(name: str) -> Converter:
+  """The `Converter` registered as `name`, importing its module the first time; `WonderlandError` listing the
+  known names for an unknown one."""
+  if name not in CONVERTERS:
+    raise WonderlandError(f"unknown model {name!r} to convert; known: {', '.join(sorted(CONVERTERS)) or '(none)'}")
+  entry = CONVERTERS[name]
+  if isinstance(entry, str):
+    module, _, attribute = entry.partition(":")
+    entry = CONVERTERS[name] = getattr(importlib.import_module(module), attribute)
+  return entry
 
 
 def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
@@ -61,9 +81,7 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwr
   `ConversionError` lists every problem), converted to `dtype` ("float32", "bfloat16" or a jnp dtype) and
   saved with `checkpoints.save`; nothing is left at `out` on failure. Returns the `ConversionReport`.
   """
-  if name not in CONVERTERS:
-    raise WonderlandError(f"unknown model {name!r} to convert; known: {', '.join(sorted(CONVERTERS)) or '(none)'}")
-  converter = CONVERTERS[name]
+  converter = get_converter(name)
   if isinstance(dtype, str):
     if dtype not in DTYPES:
       raise WonderlandError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -85,24 +103,5 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwr
   return report
 
 
-def _register_builtin() -> None:
-  from wonderland_jax.convert import cogvideox_transformer, cogvideox_vae
-  from wonderland_jax.convert import t5 as t5_rules
-  from wonderland_jax.models import dit, t5, vae
-
-  CONVERTERS["vae"] = Converter(name="vae", kind="cogvideox_vae", subfolder="vae",
-                                config_from_source=cogvideox_vae.config_from_source, rules=cogvideox_vae.RULES,
-                                build=vae.build)
-  CONVERTERS["transformer"] = Converter(
-      name="transformer", kind="cogvideox_transformer", subfolder="transformer",
-      config_from_source=cogvideox_transformer.config_from_source, rules=cogvideox_transformer.rules_for,
-      build=dit.build)
-  CONVERTERS["text_encoder"] = Converter(name="text_encoder", kind="t5_encoder", subfolder="text_encoder",
-                                         config_from_source=t5_rules.config_from_source, rules=t5_rules.RULES,
-                                         build=t5.build)
-
-
-_register_builtin()
-
 __all__ = ["CONVERTERS", "ConversionError", "ConversionReport", "Converter", "Rule", "TensorSource", "convert",
-           "convert_state", "open_source"]
+           "convert_state", "get_converter", "open_source"]

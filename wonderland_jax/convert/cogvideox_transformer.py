@@ -9,8 +9,9 @@ are ordinary linears. The keys are the same in both versions, so the table follo
 
 from __future__ import annotations
 
+from wonderland_jax.convert import Converter
 from wonderland_jax.convert.rules import Rule
-from wonderland_jax.models.dit import DiTConfig
+from wonderland_jax.models.dit import DiTConfig, build
 
 _LAYER_NORMS = r"(.*\.norm|norm_final|.*\.norm_[qk])"
 _COMMON = [
@@ -33,3 +34,7 @@ def rules_for(config: dict) -> list[Rule]:
 def config_from_source(config: dict) -> dict:
   """diffusers config.json -> our JSON config (validated)."""
   return DiTConfig.from_diffusers(config).to_dict()
+
+
+CONVERTER = Converter(name="transformer", kind="cogvideox_transformer", subfolder="transformer",
+                      config_from_source=config_from_source, rules=rules_for, build=build)

@@ -5,8 +5,9 @@ Module paths are equal; only the leaf names and layouts change. The first matchi
 
 from __future__ import annotations
 
+from wonderland_jax.convert import Converter
 from wonderland_jax.convert.rules import Rule
-from wonderland_jax.models.vae import VAEConfig
+from wonderland_jax.models.vae import VAEConfig, build
 
 RULES = [
     # Per-frame 2D convolutions of the down/up-samplers: (O, I, H, W) -> (H, W, I, O).
@@ -27,3 +28,7 @@ RULES = [
 def config_from_source(config: dict) -> dict:
   """diffusers config.json -> our JSON config (validated)."""
   return VAEConfig.from_diffusers(config).to_dict()
+
+
+CONVERTER = Converter(name="vae", kind="cogvideox_vae", subfolder="vae", config_from_source=config_from_source,
+                      rules=RULES, build=build)

@@ -27,7 +27,7 @@ COMPONENTS = MODEL_COMPONENTS + COPIED_COMPONENTS
 def convert_pipeline(src: str | os.PathLike, out: str | os.PathLike, *, components=None, overwrite: bool = False,
                      dtype: str = "float32") -> dict:
   """Converts (or copies) `components` (default: all of COMPONENTS) of the pipeline at `src` into `out`."""
-  from wonderland_jax.convert import convert  # the registry imports this module's siblings first
+  from wonderland_jax.convert import convert  # noqa: PLC0415
 
   src, out = Path(src), Path(out)
   components = list(components or COMPONENTS)

@@ -7,8 +7,9 @@ equal): ours has the embedding once, at `shared`, and the duplicate is dropped. 
 
 from __future__ import annotations
 
+from wonderland_jax.convert import Converter
 from wonderland_jax.convert.rules import Rule
-from wonderland_jax.models.t5 import T5Config
+from wonderland_jax.models.t5 import T5Config, build
 
 RULES = [
     Rule(r"shared\.weight", "shared.embedding"),
@@ -26,3 +27,7 @@ RULES = [
 def config_from_source(config: dict) -> dict:
   """transformers config.json -> our JSON config (validated)."""
   return T5Config.from_transformers(config).to_dict()
+
+
+CONVERTER = Converter(name="text_encoder", kind="t5_encoder", subfolder="text_encoder",
+                      config_from_source=config_from_source, rules=RULES, build=build)

@@ -22,7 +22,7 @@ An example ("clip") is a dict of numpy arrays (a batch adds a leading B axis to 
     pose_scale         () float32          the factor applied to translations by the normalisation
     scene_index        () int32            the scene's index in its dataset
 
-Normalisation (`clips.normalize_poses`): re-based on the first frame, then scaled so that the clip camera
+Normalisation (`camera.normalize_poses`): re-based on the first frame, then scaled so that the clip camera
 farthest from the first one is at distance 1 ('max_distance', the default scale_mode; the targets get the same
 factor). Records of a latent cache (`LatentCache`) have `latents` (T, H/8, W/8, C) float32 — the VAE posterior
 mean times the VAE's scaling_factor, T = 1 + (F - 1) / 4 — instead of `frames`; every other key is the same
@@ -30,8 +30,9 @@ mean times the VAE's scaling_factor, T = 1 + (F - 1) / 4 — instead of `frames`
 """
 
 from wonderland_jax.data.clips import (DEFAULT_STRIDES, ClipIndices, ClipSource, ClipSpec, clip_rng, crop_transform,
-                                       make_clip, normalize_poses, resize_and_crop, sample_clip, sample_indices)
-from wonderland_jax.data.latent_cache import LatentCache, make_encoder, prepare_latents, scale_latents
+                                       make_clip, resize_and_crop, sample_clip, sample_indices)
+from wonderland_jax.data.latent_cache import LatentCache
+from wonderland_jax.data.latent_writer import make_encoder, prepare_latents
 from wonderland_jax.data.pipeline import (DATA_DEFAULTS, clip_spec, data_config, eval_clips, make_clip_source,
                                           make_dataset, make_iterator, make_train_iterator)
 from wonderland_jax.data.scenes import (FORMATS, DataErrors, DatasetScan, Scene, SceneRef, read_colmap_scene,

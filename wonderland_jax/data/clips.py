@@ -8,7 +8,8 @@ up to `outside_margin` x the clip's span before its first and after its last fra
 
 Poses: everything is re-based on the clip's first frame (its camera becomes the world frame: viewmats[0] is
 the identity) and scaled uniformly so that the farthest clip camera is `scale_target` from the first one
-('max_distance', as `camera.normalize_trajectory_scale`; or 'path_length'; 'none' keeps the dataset's units).
+('max_distance'; or 'path_length'; 'none' keeps the dataset's units): `camera.normalize_poses`, the one
+normalisation that training steps and inference apply too.
 The scale comes from the seen frames only (the model's input), and the same factor applies to the targets.
 The factor itself is returned as `pose_scale` (new translation = pose_scale * old).
 
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from wonderland_jax.camera.poses import SCALE_MODES, normalize_poses
 from wonderland_jax.data.scenes import DataErrors, Scene, SceneRef
 from wonderland_jax.errors import InputFileError, WonderlandError
 
@@ -42,7 +44,6 @@ DEFAULT_STRIDES = {
   "colmap": (1, 2),
   "synthetic": (1, 3),
 }
-SCALE_MODES = ("max_distance", "path_length", "none")
 SCENE_CACHE_SIZE = 256  # parsed scenes kept by a ClipSource
 
 
@@ -190,31 +191,6 @@ def resize_and_crop(images: np.ndarray, intrinsics: np.ndarray, height: int,
     images = np.clip(images, 0.0, 1.0)
   images = images[:, top:top + height, left:left + width]
   return np.ascontiguousarray(images, np.float32), transform @ np.asarray(intrinsics, np.float64)
-
-
-def normalize_poses(viewmats: np.ndarray, num_reference: int, mode: str = "max_distance",
-                    target: float = 1.0) -> tuple[np.ndarray, float]:
-  """Re-bases world->camera matrices (n, 4, 4) on camera 0 and rescales them (see module docstring).
-
-  The size is measured on the first `num_reference` cameras. Returns the new (n, 4, 4) float64 viewmats
-  (viewmats[0] = identity) and the scale applied to translations (1.0 for 'none' or a static camera).
-  """
-  viewmats = np.asarray(viewmats, np.float64)
-  rebased = viewmats[0] @ np.linalg.inv(viewmats)  # c2w_i in camera 0's frame: inv(c2w_0) @ c2w_i
-  positions = rebased[:num_reference, :3, 3]
-  if mode == "max_distance":
-    size = np.max(np.linalg.norm(positions, axis=-1))
-  elif mode == "path_length":
-    size = np.sum(np.linalg.norm(np.diff(positions, axis=0), axis=-1))
-  elif mode == "none":
-    size = 0.0
-  else:
-    raise WonderlandError(f"normalize_poses: unknown mode {mode!r}; valid: {', '.join(SCALE_MODES)}")
-  scale = target / size if size > 1e-9 else 1.0
-  rebased[:, :3, 3] *= scale
-  result = np.linalg.inv(rebased)
-  result[0] = np.eye(4)  # exact, not up to round-off
-  return result, float(scale)
 
 
 def make_clip(scene: Scene, indices: ClipIndices, spec: ClipSpec) -> dict[str, np.ndarray]:

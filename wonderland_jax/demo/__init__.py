@@ -102,7 +102,8 @@ def run_demo(out: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, scen
 
   from wonderland_jax.camera import Camera  # noqa: PLC0415
   from wonderland_jax.checkpoints import read_description  # noqa: PLC0415
-  from wonderland_jax.io_utils import atomic_directory, write_json, write_png, write_video  # noqa: PLC0415
+  from wonderland_jax.io_utils import (atomic_directory, check_output_directory, write_json,  # noqa: PLC0415
+                                       write_png, write_video)
   from wonderland_jax.pipeline import (WonderlandPipeline, generate_scene, peak_rss_bytes,  # noqa: PLC0415
                                        write_scene_outputs)
   from wonderland_jax.reconstruct import reconstruct  # noqa: PLC0415
@@ -110,8 +111,7 @@ def run_demo(out: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, scen
 
   started = time.perf_counter()
   out = Path(out)
-  if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-    raise WonderlandError(f"--out {out}: exists and is not an empty directory; pass --overwrite to replace it")
+  check_output_directory(out, overwrite)
   if steps < 1:
     raise WonderlandError(f"--steps {steps}: must be at least 1")
   weights = Path(weights) if weights is not None else weights_directory()

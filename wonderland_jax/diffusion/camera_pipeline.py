@@ -5,9 +5,10 @@
     latents, frames = pipe.generate(image, "a castle at dusk", cameras, key=jax.random.key(0))
 
 The cameras (one per video frame, any world frame and units, OpenCV) are conditioned on as the camera branch
-saw them in training: re-based on the first camera and scale-normalised (`data.clips.normalize_poses`, with the
-mode and target of the branch's training data, default: the farthest camera at distance 1 from the first),
-then turned into Plücker rays at the video resolution (`camera.plucker_rays`; intrinsics scaled to it).
+saw them in training: `camera.conditioning_rays`, the function the training step calls (re-based on the first
+camera, scale-normalised with the mode and target of the branch's training data, `checkpoints.pose_normalization`,
+default: the farthest camera at distance 1 from the first; Plücker rays at the video resolution, intrinsics
+scaled to it).
 CogVideoX 1.5 samples `padded_latent_frames` extra latent frames in front (dropped at the end); their rays are
 the first camera's. `latents` and `frames` are `VideoPipeline.generate`'s.
 """
@@ -21,25 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.camera.rays import plucker_rays
-from wonderland_jax.data.clips import normalize_poses
+from wonderland_jax.camera.poses import conditioning_rays
 from wonderland_jax.diffusion.pipeline import VideoPipeline
 from wonderland_jax.diffusion.sampling import padded_latent_frames
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models import camera_dit
-from wonderland_jax.reconstruct import trained_normalization
-
-
-def trajectory_plucker(cameras: Camera, height: int, width: int, *, scale_mode: str = "max_distance",
-                       scale_target: float = 1.0) -> jax.Array:
-  """F cameras -> (F, height, width, 6) float32 Plücker rays, re-based on camera 0 and scale-normalised over
-  all F cameras as the training clips are (`normalize_poses(viewmats, F, scale_mode, scale_target)`)."""
-  _check_batch(cameras)
-  viewmats, _ = normalize_poses(np.asarray(cameras.viewmat), len(cameras), scale_mode, scale_target)
-  normalized = Camera(jnp.asarray(viewmats, jnp.float32), jnp.asarray(cameras.K, jnp.float32), cameras.width,
-                      cameras.height)
-  return plucker_rays(normalized, height, width)
 
 
 def _check_batch(cameras: Camera) -> None:
@@ -67,7 +56,7 @@ class CameraVideoPipeline:
     if transformer.camera.spatial_compression != vae_factor:
       raise InputFileError(f"{branch}: the camera branch reads rays at {transformer.camera.spatial_compression}x "
                            f"the latent size, but the VAE of {directory} compresses {vae_factor}x")
-    scale_mode, scale_target = trained_normalization(branch)
+    scale_mode, scale_target = checkpoints.pose_normalization(branch)
     return cls(dataclasses.replace(pipeline, transformer=transformer), scale_mode, scale_target)
 
   @property
@@ -81,7 +70,7 @@ class CameraVideoPipeline:
     num_frames = len(cameras)
     num_latent_frames = self.pipeline.check(num_frames, height, width)
     additional = padded_latent_frames(num_latent_frames, self.pipeline.transformer.config.patch_size_t)[1]
-    rays = trajectory_plucker(cameras, height, width, scale_mode=self.scale_mode, scale_target=self.scale_target)
+    rays = conditioning_rays(cameras, height, width, scale_mode=self.scale_mode, scale_target=self.scale_target)
     temporal = int(self.pipeline.transformer.config.temporal_compression_ratio)
     rays = jnp.concatenate([jnp.repeat(rays[:1], temporal * additional, axis=0), rays], axis=0)
     return rays[None]

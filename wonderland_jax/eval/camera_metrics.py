@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from wonderland_jax.camera.io import read_colmap
-from wonderland_jax.camera.trajectories import normalize_trajectory_scale, rebase_to_first
+from wonderland_jax.camera.poses import normalize_trajectory_scale, rebase_to_first
 from wonderland_jax.errors import InputFileError, WonderlandError
 
 CAMERA_ERROR_FRAMES = 16  # the paper measures the first 16 frames of every method

@@ -145,11 +145,13 @@ class MetricNetworks:
       from wonderland_jax.models.vgg import load_lpips  # noqa: PLC0415
       networks.lpips = _jitted(load_lpips(lpips_vgg, lpips_heads, "vgg"))
     if inception is not None:
-      from wonderland_jax.models.inception import fid_features, load_fid_inception  # noqa: PLC0415
+      from wonderland_jax.eval.features import fid_features  # noqa: PLC0415
+      from wonderland_jax.models.inception import load_fid_inception  # noqa: PLC0415
       inception_model = load_fid_inception(inception)
       networks.inception = lambda images: fid_features(inception_model, images, 16)
     if i3d is not None:
-      from wonderland_jax.models.i3d import fvd_features, load_i3d  # noqa: PLC0415
+      from wonderland_jax.eval.features import fvd_features  # noqa: PLC0415
+      from wonderland_jax.models.i3d import load_i3d  # noqa: PLC0415
       i3d_model = load_i3d(i3d)
       # Through uint8 (truncating), as the reference FVD code feeds its videos.
       networks.i3d = lambda videos: fvd_features(i3d_model, (np.clip(videos, 0, 1) * 255).astype(np.uint8),

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from wonderland_jax import checkpoints
@@ -285,14 +284,9 @@ def load(base: str | os.PathLike | CogVideoXTransformer, branch: str | os.PathLi
                          + "; ".join(mismatched))
   model = CameraDiT(base, CameraConfig.from_dict(config["camera"]), rngs=nnx.Rngs(0))
   state = nnx.state(model, BRANCH)
-  expected = {jax.tree_util.keystr(p): v.shape for p, v in
-              jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(state))}
-  got = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(params)}
-  if expected != got:
-    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    raise InputFileError(f"{branch}: branch params do not fit this config: missing {missing[:5]}, unexpected "
-                         f"{extra[:5]}, wrong shapes {[(k, got[k], expected[k]) for k in wrong[:5]]}")
+  checkpoints.check_fit(checkpoints.flat_shapes(nnx.to_pure_dict(state)), checkpoints.flat_shapes(params),
+                        f"{branch}: branch params do not fit this config", error=InputFileError,
+                        mismatch="{key}: stored {found}, model {expected}")
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
   if merge:

@@ -3,8 +3,8 @@ in the key layout of piergiaj's `pytorch_i3d.py`, so that the public `i3d_pretra
 
     i3d = load_i3d("i3d_pretrained_400.pt")                  # a torch state_dict (.pt) or its .safetensors copy
     feats = i3d(videos)                                      # (B, T, H, W, 3) in [0, 1] -> (B, 400) float32
-    feats = fvd_features(i3d, videos_np, batch_size=8)       # a large (N, T, H, W, 3) array -> (N, 400) numpy
-    fvd = frechet_video_distance(i3d, real_np, fake_np)      # the FVD of two video sets (float)
+    feats = fvd_features(i3d, videos_np, batch_size=8)       # wonderland_jax.eval.features: (N, 400) numpy
+    fvd = frechet_video_distance(i3d, real_np, fake_np)      # the same module: the FVD of two video sets
 
 The features are those of the FVD code that uses `i3d_pretrained_400.pt` (VideoGPT's `videogpt/fvd/fvd.py`, and
 `fvd/videogpt/fvd.py` of common_metrics_on_video_quality / Open-Sora-Plan, which copy it), `preprocess_videos`:
@@ -44,7 +44,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -53,11 +53,9 @@ import numpy as np
 from flax import nnx
 
 from wonderland_jax.convert.rules import Rule
+from wonderland_jax.convert.state_dict import check_keys, load_into, open_weights
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.eval.frechet import FeatureStatistics, Statistics, frechet_distance
-from wonderland_jax.models.vgg import _load_into, check_keys, open_weights
 from wonderland_jax.nn.batch_norm import FrozenBatchNorm
-from wonderland_jax.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -352,11 +350,11 @@ def load_i3d(path: str | os.PathLike, *, bn_eps: float = BN_EPS["videogpt"], dty
   model = nnx.eval_shape(lambda: I3D(num_classes, bn_eps=bn_eps, dtype=dtype, precision=precision,
                                      rngs=nnx.Rngs(0)))
   check_keys(source, model.torch_shapes(), model.ignored_keys(), "piergiaj InceptionI3d")
-  _load_into(model, source, I3D_RULES, jnp.float32)
+  load_into(model, source, I3D_RULES, jnp.float32)
   return model
 
 
-# ----------------------------------------------------------------------------------------------- FVD
+# ----------------------------------------------------------------------------------------------- features
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "resize", "features"))
@@ -364,47 +362,20 @@ def _forward(graphdef, state, videos, resize, features):
   return nnx.merge(graphdef, state)(videos, resize=resize, features=features)
 
 
-def _batches(model: I3D, videos, batch_size: int, resize: bool, features: str, desc: str):
-  """Yields the features (n, D) numpy float32 of consecutive `batch_size` slices of `videos` (N, T, H, W, 3);
-  the last batch is padded (by repeating its last video) so that one compiled program serves every batch."""
-  if np.ndim(videos) != 5 or np.shape(videos)[-1] != 3:
-    raise WonderlandError(f"{desc}: videos must have shape (N, T, H, W, 3), got {np.shape(videos)}")
-  if batch_size < 1:
-    raise WonderlandError(f"{desc}: batch_size must be >= 1, got {batch_size}")
-  graphdef, state = nnx.split(model)
-  starts = range(0, len(videos), batch_size)
-  for start in progress(starts, desc=desc, total=len(starts)):
-    batch = np.asarray(videos[start:start + batch_size])
-    count = len(batch)
-    if count < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, axis=0)])
-    yield np.asarray(_forward(graphdef, state, jnp.asarray(batch), resize, features))[:count]
-
-
-def _feature_dim(model: I3D, features: str) -> int:
+def feature_dim(model: I3D, features: str = "logits") -> int:
+  """The size of `model`'s `features` ('logits': its number of classes, 'pool': 1024)."""
   if features not in FEATURES:
     raise WonderlandError(f"I3D: unknown features {features!r}; use one of {', '.join(FEATURES)}")
   return model.num_classes if features == "logits" else FEATURES["pool"]
 
 
-def fvd_features(model: I3D, videos, *, batch_size: int = 8, resize: bool = True,
-                 features: str = "logits") -> np.ndarray:
-  """Features (N, 400) ('logits', FVD's) or (N, 1024) ('pool'), float32 numpy, of videos (N, T, H, W, 3) in
-  [0, 1] (float) or uint8 (a numpy array or anything sliceable into one), `batch_size` videos per jitted call."""
-  parts = list(_batches(model, videos, batch_size, resize, features, "I3D features"))
-  return np.concatenate(parts) if parts else np.zeros((0, _feature_dim(model, features)), np.float32)
+def feature_function(model: I3D, *, resize: bool = True,
+                     features: str = "logits") -> Callable[[np.ndarray], np.ndarray]:
+  """The per-batch FVD feature function of `model`: videos (B, T, H, W, 3) numpy, float in [0, 1] or uint8 ->
+  `model(videos, resize=resize, features=features)` (B, D) float32 numpy, through one jitted forward (compiled
+  once per batch shape). Data sets: `wonderland_jax.eval.features.fvd_features` / `fvd_statistics`."""
+  graphdef, state = nnx.split(model)
 
-
-def fvd_statistics(model: I3D, videos, *, batch_size: int = 8, resize: bool = True,
-                   features: str = "logits") -> Statistics:
-  """The mean and covariance of `fvd_features(model, videos, ...)`, streamed (the features are not kept)."""
-  stats = FeatureStatistics(_feature_dim(model, features))
-  for part in _batches(model, videos, batch_size, resize, features, "I3D statistics"):
-    stats.add(part)
-  return stats.result()
-
-
-def frechet_video_distance(model: I3D, real_videos, fake_videos, *, batch_size: int = 8) -> float:
-  """FVD: the Fréchet distance between the Gaussians of the I3D logits of two video sets (N, T, H, W, 3)."""
-  return frechet_distance(fvd_statistics(model, real_videos, batch_size=batch_size),
-                          fvd_statistics(model, fake_videos, batch_size=batch_size))
+  def batch_features(videos: np.ndarray) -> np.ndarray:
+    return np.asarray(_forward(graphdef, state, jnp.asarray(videos), resize, features))
+  return batch_features

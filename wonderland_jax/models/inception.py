@@ -3,8 +3,8 @@ Flax NNX, channels-last.
 
     model = load_fid_inception("pt_inception-2015-12-05-6726825d.pth")   # pytorch-fid's weights (.pth/.safetensors)
     features = model(images)                       # images (B, H, W, 3) in [0, 1] -> pool3 features (B, 2048)
-    features = fid_features(model, images_np, batch_size=50)             # (N, H, W, 3) numpy -> (N, 2048) numpy
-    fid = frechet_distance(feature_statistics(real), feature_statistics(fake))   # wonderland_jax.eval.frechet
+    features = fid_features(model, images_np, batch_size=50)    # wonderland_jax.eval.features: (N, 2048) numpy
+    fid = frechet_distance(fid_statistics(model, real), fid_statistics(model, fake))   # eval.frechet, eval.features
 
 The network is torchvision's `Inception3` with pytorch-fid's patches (`fid_inception_v3`): the average pools of
 Mixed_5b..d (FIDInceptionA), Mixed_6b..e (FIDInceptionC) and Mixed_7b (FIDInceptionE_1) leave the zero padding out
@@ -35,11 +35,9 @@ import numpy as np
 from flax import nnx
 
 from wonderland_jax.convert.rules import Rule
+from wonderland_jax.convert.state_dict import check_keys, load_into, open_weights
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.eval.frechet import FeatureStatistics, Statistics
-from wonderland_jax.models.vgg import _load_into, check_keys, open_weights
 from wonderland_jax.nn.batch_norm import FrozenBatchNorm
-from wonderland_jax.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -346,11 +344,11 @@ def load_fid_inception(path: str | os.PathLike, *, dtype: Any = None,
   model = nnx.eval_shape(lambda: FIDInception(dtype=dtype, precision=precision, rngs=nnx.Rngs(0)))
   source = open_weights(path)
   check_keys(source, _expected_keys(model, source), IGNORED_PREFIXES, "pytorch-fid FID Inception", _hint(source))
-  _load_into(model, source, INCEPTION_RULES, jnp.float32)
+  load_into(model, source, INCEPTION_RULES, jnp.float32)
   return model
 
 
-# ----------------------------------------------------------------------------------------------- batching
+# ----------------------------------------------------------------------------------------------- features
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("resize",))
@@ -365,37 +363,12 @@ def _as_unit_float(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32, copy=False)
 
 
-def iter_fid_features(model: FIDInception, images: np.ndarray, *, batch_size: int = 50, resize: bool = True,
-                      desc: str = "FID features"):
-  """Yields the pool3 features (b, 2048) float32 numpy of successive batches of images (N, H, W, 3), uint8 or
-  float in [0, 1], through one jitted forward (the last batch is padded to `batch_size`, then cut)."""
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise WonderlandError(f"fid_features: images must have shape (N, H, W, 3), got {images.shape}")
-  if batch_size < 1:
-    raise WonderlandError(f"fid_features: batch_size must be positive, got {batch_size}")
+def feature_function(model: FIDInception, *, resize: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+  """The per-batch FID feature function of `model`: images (B, H, W, 3) numpy, uint8 or float in [0, 1] ->
+  pool3 features (B, 2048) float32 numpy, through one jitted forward (compiled once per batch shape). Data
+  sets: `wonderland_jax.eval.features.fid_features` / `fid_statistics`."""
   graphdef, state = nnx.split(model)
-  starts = range(0, len(images), batch_size)
-  for start in progress(starts, desc=desc, total=len(starts)):
-    batch = _as_unit_float(np.asarray(images[start:start + batch_size]))
-    count = len(batch)
-    if count < batch_size:
-      batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), np.float32)])
-    yield np.asarray(_forward(graphdef, state, jnp.asarray(batch), resize=resize))[:count]
 
-
-def fid_features(model: FIDInception, images: np.ndarray, batch_size: int = 50, *, resize: bool = True,
-                 desc: str = "FID features") -> np.ndarray:
-  """images (N, H, W, 3), uint8 or float in [0, 1] (a numpy array or anything sliceable into one) -> pool3
-  features (N, 2048) float32 numpy, `batch_size` images at a time."""
-  batches = list(iter_fid_features(model, images, batch_size=batch_size, resize=resize, desc=desc))
-  return np.concatenate(batches) if batches else np.zeros((0, FEATURE_DIM), np.float32)
-
-
-def fid_statistics(model: FIDInception, images: np.ndarray, batch_size: int = 50, *, resize: bool = True,
-                   desc: str = "FID statistics") -> Statistics:
-  """The mean (2048,) and covariance (2048, 2048) of the pool3 features of images (N, H, W, 3), streamed in
-  float64 without keeping the features; compare two with `wonderland_jax.eval.frechet.frechet_distance`."""
-  stats = FeatureStatistics(FEATURE_DIM)
-  for features in iter_fid_features(model, images, batch_size=batch_size, resize=resize, desc=desc):
-    stats.add(features)
-  return stats.result()
+  def features(images: np.ndarray) -> np.ndarray:
+    return np.asarray(_forward(graphdef, state, jnp.asarray(_as_unit_float(np.asarray(images))), resize=resize))
+  return features

@@ -29,6 +29,7 @@ Gaussian map channels: RGB 0:3, scale 3:6, rotation 6:10 (wxyz), opacity 10, dis
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import einops
 import jax
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wonderland_jax.camera.camera import Camera
+from wonderland_jax.camera.poses import conditioning_rays, normalize_poses
 from wonderland_jax.camera.rays import ray_bundle
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
@@ -265,6 +267,20 @@ def to_gaussians(gaussian_map: jax.Array, cameras: Camera, config: LaLRMConfig) 
       scales=flat(jnp.exp(jnp.minimum(raw[..., 3:6] - config.scale_bias, config.max_log_scale))),
       opacities=flat(jax.nn.sigmoid(raw[..., 10] - config.opacity_bias)),
       colors=flat(jax.nn.sigmoid(raw[..., 0:3])))
+
+
+def predict(lalrm: LaLRM, latents: jax.Array, viewmats: jax.Array, intrinsics: jax.Array, height: int, width: int, *,
+            scale_mode: str = "max_distance", scale_target: float = 1.0) -> tuple[jax.Array, Gaussians]:
+  """latents (B, t, h, w, C) + the seen frames' cameras (B, F, 4, 4) world->camera, (B, F, 3, 3) at (height,
+  width) -> (Gaussian maps, Gaussians batched over B). The LaLRM reads `camera.conditioning_rays` of the cameras
+  (re-based on the first, normalised with the settings it trained with); the Gaussians are in that normalised
+  first-camera frame (training clips arrive normalised already, so there it is the data's frame)."""
+  normalize = functools.partial(normalize_poses, mode=scale_mode, target=scale_target)
+  rays = functools.partial(conditioning_rays, scale_mode=scale_mode, scale_target=scale_target)
+  cameras = Camera(viewmat=jax.vmap(normalize)(viewmats)[0], K=intrinsics, width=width, height=height)
+  gaussian_map = lalrm(latents, jax.vmap(rays)(cameras))
+  gaussians = jax.vmap(functools.partial(to_gaussians, config=lalrm.config))(gaussian_map, cameras)
+  return gaussian_map, gaussians
 
 
 def build(config: dict, rngs: nnx.Rngs) -> LaLRM:

@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wonderland_jax import checkpoints
 from wonderland_jax.checkpoints import register_model
-from wonderland_jax.errors import WonderlandError
+from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.partitioning import axes, param_init_context
 
@@ -569,6 +570,31 @@ def _blend(previous, tile, extent, axis):
   tail = jax.lax.slice_in_dim(previous, previous.shape[axis] - extent, previous.shape[axis], axis=axis)
   blended = tail * (1 - weights) + head * weights
   return jnp.concatenate([blended, jax.lax.slice_in_dim(tile, extent, tile.shape[axis], axis=axis)], axis=axis)
+
+
+def encode_frames(vae: CogVideoXVAE, frames: jax.Array) -> jax.Array:
+  """frames (B, F, H, W, 3) in [0, 1] -> scaled latents (B, t, h, w, C): the posterior mean x the scaling factor
+  (divided when `invert_scale_latents`), the latent space the video model samples and the LaLRM reads; no
+  gradient flows into the VAE. Raises `WonderlandError` for a VAE with a shift factor (CogVideoX's latent space
+  is only scaled)."""
+  config = vae.config
+  if config.shift_factor is not None:
+    raise WonderlandError(f"VAE config has shift_factor={config.shift_factor}; only CogVideoX's scaling (no shift) "
+                          "is supported")
+  return jax.lax.stop_gradient(config.scale_latents(vae.encode(frames * 2 - 1).mean))
+
+
+def load_vae(settings) -> CogVideoXVAE:
+  """The frozen VAE a training config's `vae` block names: a converted checkpoint (`checkpoint`), or one made
+  from `random_config` and `seed` (the tiny configs: random but fixed weights, identical in every run)."""
+  if settings.get("checkpoint"):
+    vae = checkpoints.load(settings["checkpoint"])
+    if not isinstance(vae, CogVideoXVAE):
+      raise InputFileError(f"{settings['checkpoint']}: not a CogVideoX VAE checkpoint")
+    return vae
+  random_config = settings["random_config"]
+  random_config = random_config.to_dict() if hasattr(random_config, "to_dict") else dict(random_config)
+  return CogVideoXVAE(VAEConfig.from_diffusers(random_config), rngs=nnx.Rngs(int(settings["seed"])))
 
 
 def build(config: dict, rngs: nnx.Rngs) -> CogVideoXVAE:

@@ -19,23 +19,17 @@ and stops after the deepest one asked for.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-import pickle
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from wonderland_jax.convert.rules import Rule, convert_state
-from wonderland_jax.convert.safetensors_io import DTYPES, TensorSource, read_header
-from wonderland_jax.errors import InputFileError, WonderlandError
-
-logger = logging.getLogger(__name__)
+from wonderland_jax.convert.rules import Rule
+from wonderland_jax.convert.state_dict import check_keys, load_into, open_weights
+from wonderland_jax.errors import WonderlandError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -391,105 +385,6 @@ class PerceptualLoss(nnx.Module):
 
 # ----------------------------------------------------------------------------------------------- loading
 
-# numpy dtype -> safetensors dtype name (for the report of `convert_state`).
-_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-
-
-class ArraySource:
-  """A `TensorSource` look-alike over arrays in memory (a torch state_dict read with torch.load): `path`,
-  `keys()`, `shape(key)`, `dtype(key)`, `read_raw(key)`, `read(key)`, as `convert_state` uses them."""
-
-  def __init__(self, path: Path, arrays: Mapping[str, np.ndarray]):
-    self.path = path
-    self.files = [path]
-    self._arrays = dict(arrays)
-
-  def __len__(self) -> int:
-    return len(self._arrays)
-
-  def __contains__(self, key: str) -> bool:
-    return key in self._arrays
-
-  def keys(self) -> list[str]:
-    return sorted(self._arrays)
-
-  def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._arrays[key].shape)
-
-  def dtype(self, key: str) -> str:
-    return _DTYPE_NAMES.get(self._arrays[key].dtype, str(self._arrays[key].dtype))
-
-  def read_raw(self, key: str) -> np.ndarray:
-    return self._arrays[key]
-
-  def read(self, key: str) -> np.ndarray:
-    return np.asarray(self._arrays[key], dtype=np.float32)
-
-
-def _read_torch_file(path: Path) -> ArraySource:
-  """A torch state_dict file (torch.load, weights_only) -> ArraySource; torch is imported only here."""
-  try:
-    import torch
-  except ImportError:
-    raise WonderlandError(
-      f"{path}: reading a PyTorch .pth file needs torch, which is not installed. Install it, or convert the file "
-      f"to safetensors once where torch is available: python -c \"import torch, safetensors.torch as st; "
-      f"st.save_file(torch.load('{path}', weights_only=True), '{path.with_suffix('.safetensors')}')\" and pass "
-      f"the .safetensors file") from None
-  try:
-    state = torch.load(path, weights_only=True, map_location="cpu")
-  except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-    raise InputFileError(f"{path}: cannot read it as a PyTorch state_dict: {e}") from None
-  if not isinstance(state, Mapping):
-    raise InputFileError(f"{path}: expected a state_dict (a dict of tensors), got a {type(state).__name__}")
-  not_tensors = [str(key) for key, value in state.items() if not isinstance(key, str) or not torch.is_tensor(value)]
-  if not_tensors:
-    raise InputFileError(f"{path}: expected a state_dict of tensors; not tensors: {', '.join(not_tensors[:10])}")
-  arrays = {}
-  for key, tensor in state.items():
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-      tensor = tensor.float()  # exact; numpy has no bfloat16
-    arrays[key] = tensor.numpy()
-  return ArraySource(path, arrays)
-
-
-def open_weights(path: str | os.PathLike) -> TensorSource | ArraySource:
-  """One weights file: `.safetensors` (headers checked, tensors read lazily) or a PyTorch state_dict
-  (`.pth` / `.pt` / `.bin`, read with torch). `InputFileError` naming the file if missing or unreadable."""
-  path = Path(path)
-  if not path.is_file():
-    raise InputFileError(f"{path}: weights file not found")
-  if path.suffix == ".safetensors":
-    return TensorSource(path, [path], read_header(path))
-  if path.suffix in (".pth", ".pt", ".bin"):
-    return _read_torch_file(path)
-  raise InputFileError(f"{path}: unknown weights format {path.suffix!r}: expected a PyTorch state_dict (.pth) or "
-                       f".safetensors")
-
-
-def _listed(title: str, items: Sequence[str], cap: int = 20) -> str:
-  shown = [f"    {item}" for item in items[:cap]]
-  if len(items) > cap:
-    shown.append(f"    ... and {len(items) - cap} more")
-  return f"  {len(items)} {title}:\n" + "\n".join(shown)
-
-
-def check_keys(source: TensorSource | ArraySource, expected: Mapping[str, tuple[int, ...]],
-               ignored_prefixes: Sequence[str], what: str, hint: str = "") -> None:
-  """Raises one `InputFileError` naming the file and listing every missing key, unexpected key (not starting
-  with an `ignored_prefixes` entry) and shape mismatch of `source` against `expected` {key: PyTorch shape}."""
-  keys = set(source.keys())
-  missing = [f"{key} {expected[key]}" for key in sorted(set(expected) - keys)]
-  unexpected = [f"{key} {source.shape(key)}" for key in sorted(keys - set(expected))
-                if not key.startswith(tuple(ignored_prefixes))]
-  mismatched = [f"{key}: {source.shape(key)} in the file, expected {expected[key]}"
-                for key in sorted(keys & set(expected)) if source.shape(key) != expected[key]]
-  if missing or unexpected or mismatched:
-    sections = [_listed(title, items) for title, items in (
-      ("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", mismatched)) if items]
-    raise InputFileError(f"{source.path}: not a {what} state_dict{hint}:\n" + "\n".join(sections))
-
 
 def _variant_hint(source, variant: str) -> str:
   """' (it looks like a vgg16 file)' when the file's conv keys are exactly another variant's."""
@@ -498,14 +393,6 @@ def _variant_hint(source, variant: str) -> str:
     if other != variant and keys == set(torch_shapes(vgg_layers(other))):
       return f" (it looks like a {other} file)"
   return ""
-
-
-def _load_into(module: nnx.Module, source, rules: Sequence[Rule], dtype: Any) -> None:
-  """Converts `source` with `rules` into the params of the abstract `module`, in place."""
-  state, report = convert_state(source, rules, module, dtype=dtype, progress_desc=f"load {source.path.name}")
-  nnx.update(module, state)
-  logger.info("%s: %d parameters in %d tensors (%s -> %s)", source.path, report.num_params, report.num_tensors,
-              "/".join(report.source_dtypes), report.dtype)
 
 
 def load_vgg(path: str | os.PathLike, variant: str = "vgg19", *, dtype: Any = None,
@@ -517,7 +404,7 @@ def load_vgg(path: str | os.PathLike, variant: str = "vgg19", *, dtype: Any = No
   source = open_weights(path)
   check_keys(source, model.torch_shapes(), IGNORED_KEYS["vgg"], f"torchvision {variant}",
              _variant_hint(source, variant))
-  _load_into(model, source, VGG_RULES, jnp.float32)
+  load_into(model, source, VGG_RULES, jnp.float32)
   return model
 
 
@@ -535,6 +422,6 @@ def load_lpips(backbone_path: str | os.PathLike, heads_path: str | os.PathLike, 
              _variant_hint(backbone, "vgg16") if net == "vgg" else "")
   heads = open_weights(heads_path)
   check_keys(heads, model.heads.torch_shapes(), IGNORED_KEYS["heads"], f"lpips v0.1 '{net}' heads")
-  _load_into(model.net, backbone, VGG_RULES, jnp.float32)
-  _load_into(model.heads, heads, LPIPS_HEAD_RULES, jnp.float32)
+  load_into(model.net, backbone, VGG_RULES, jnp.float32)
+  load_into(model.heads, heads, LPIPS_HEAD_RULES, jnp.float32)
   return model

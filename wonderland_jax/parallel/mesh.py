@@ -1,47 +1,25 @@
-"""Device meshes with the axes ('data', 'fsdp', 'context', 'tensor') and the logical-axis rules that place params
-and activations on them.
+"""Device meshes with the axes ('data', 'fsdp', 'context', 'tensor').
 
     mesh = make_mesh("data=2,fsdp=-1")          # -1: the rest of the devices; missing axes have size 1
     mesh = make_mesh({"fsdp": 8}, dcn="data=4")  # 4 slices / nodes x 8 devices: data parallel across them
-    shardings = state_shardings(abstract_state, mesh, rules)
 
-Params carry logical axis names (`nn.partitioning.axes`); the rules map a logical name to mesh axes, first
-match whose mesh axes are still free wins (`checkpoints.logical_to_mesh_spec`). `DEFAULT_RULES` gives FSDP over
-'fsdp' (params' embed dim), tensor parallelism over 'tensor' (heads, MLP, vocab), batch over 'data' x 'fsdp'
-and the token axis over 'context'; with axes of size 1 the same rules mean plain data parallelism, so FSDP,
-tensor and context parallelism are mesh-shape changes in the config.
-
-`building_on(mesh, rules)`: models built inside it get their params sharded as they are created (Flax's eager
-sharding with these rules), and `checkpoints.load` inside it restores straight onto the mesh.
+What goes where on a mesh (logical axis names -> mesh axes, `DEFAULT_RULES`, param and batch shardings,
+`building_on`) lives in `nn.partitioning`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
-from flax import nnx
-from flax.core import spmd
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from wonderland_jax.checkpoints import logical_to_mesh_spec, param_sharding
 from wonderland_jax.errors import WonderlandError
 
 AXES = ("data", "fsdp", "context", "tensor")
-
-DEFAULT_RULES: tuple = (
-    ("batch", ("data", "fsdp")),
-    ("length", "context"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("channels", None),  # the VAE's convolutions: replicated
-)
 
 
 def parse_axes(spec: str | Mapping[str, int] | None) -> dict[str, int]:
@@ -114,47 +92,5 @@ def make_mesh(axes: str | Mapping[str, int] | None = None, *, dcn: str | Mapping
   return Mesh(grid, AXES, axis_types=axis_types)
 
 
-def rules_from(config_rules) -> tuple:
-  """Rules from a config: a sequence of (logical, mesh axis | [axes] | None) pairs; None -> DEFAULT_RULES."""
-  if config_rules is None:
-    return DEFAULT_RULES
-  rules = []
-  for entry in config_rules:
-    if len(entry) != 2:
-      raise WonderlandError(f"sharding rule {entry!r}: expected (logical name, mesh axis or axes)")
-    logical, mesh_axes = entry
-    rules.append((str(logical), mesh_axes if mesh_axes is None or isinstance(mesh_axes, str) else tuple(mesh_axes)))
-  return tuple(rules)
-
-
-def logical_sharding(mesh: Mesh, rules, *names: str | None) -> NamedSharding:
-  """The NamedSharding of an array whose dimensions have these logical names."""
-  return NamedSharding(mesh, logical_to_mesh_spec(names, rules, mesh))
-
-
-def state_shardings(state: nnx.State, mesh: Mesh, rules) -> dict:
-  """A pure dict (the structure of `nnx.to_pure_dict(state)`) of NamedShardings for the variables of `state`,
-  from their logical names; variables without names are replicated."""
-  flat = [(path, param_sharding(path, variable, tuple(variable.get_value().shape), mesh, rules))
-          for path, variable in nnx.to_flat_state(state)]
-  return nnx.to_pure_dict(nnx.from_flat_state([(path, nnx.Variable(sharding)) for path, sharding in flat]))
-
-
-def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
-  """Arrays with a leading batch axis: sharded over the 'batch' rule's axes, the rest replicated."""
-  return NamedSharding(mesh, PartitionSpec(logical_to_mesh_spec(("batch",), rules, mesh)[0], *([None] * (ndim - 1))))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())
-
-
 def device_count(mesh: Mesh) -> int:
   return int(np.prod(list(mesh.shape.values())))
-
-
-@contextlib.contextmanager
-def building_on(mesh: Mesh, rules):
-  """Params created inside are born sharded on `mesh` by `rules` (see the module docstring)."""
-  with jax.set_mesh(mesh), spmd.logical_axis_rules(tuple(rules)):
-    yield

@@ -39,14 +39,15 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.camera.rays import plucker_rays
+from wonderland_jax.camera.poses import conditioning_rays
 from wonderland_jax.diffusion.schedulers import SchedulerConfig, add_noise, get_velocity, make_tables
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_path
 from wonderland_jax.models import camera_dit
 from wonderland_jax.models.camera_dit import BRANCH, CameraConfig, CameraDiT
 from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig
-from wonderland_jax.train.lalrm import load_vae
+from wonderland_jax.models.vae import load_vae
+from wonderland_jax.train.config import pose_normalization
 from wonderland_jax.train.loop import Task
 
 logger = logging.getLogger("wonderland_jax")
@@ -71,7 +72,7 @@ class CameraDiTTrainee(nnx.Module):
     self.dit = CameraDiT(base, CameraConfig.from_dict(config.camera.to_dict()), rngs=rngs)
     if not base_trainable(config):
       _cast_frozen(self.dit, str(config.base.get("param_dtype", "float32")))
-    self.vae = load_vae(_vae_config(config))
+    self.vae = load_vae(_vae_settings(config))
     prompt, empty = text_embeddings(config, base.config)
     self.prompt_embeds, self.empty_embeds = Constant(jnp.asarray(prompt)), Constant(jnp.asarray(empty))
     latent_channels = self.vae.config.latent_channels
@@ -111,14 +112,13 @@ def load_base(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> CogVideoXTra
   return base
 
 
-def _vae_config(config):
+def _vae_settings(config) -> dict:
   """The VAE: `vae.checkpoint`, else the base pipeline's VAE, else the random one of `vae.random_config`."""
   directory = _pipeline_dir(config)
-  if config.vae.get("checkpoint") or directory is None:
-    return config
-  vae_config = ml_collections.ConfigDict(config.to_dict())
-  vae_config.vae.checkpoint = str(directory / "vae")
-  return vae_config
+  settings = config.vae.to_dict()
+  if not settings.get("checkpoint") and directory is not None:
+    settings["checkpoint"] = str(directory / "vae")
+  return settings
 
 
 def _cast_frozen(model: CameraDiT, dtype: str) -> None:
@@ -174,9 +174,12 @@ def text_embeddings(config: ml_collections.ConfigDict, base: DiTConfig) -> tuple
   return prompt, empty
 
 
-def clip_plucker(viewmats: jax.Array, intrinsics: jax.Array, height: int, width: int) -> jax.Array:
-  """Cameras of a batch of clips (B, F, 4, 4), (B, F, 3, 3) -> Plücker rays (B, F, H, W, 6)."""
-  return jax.vmap(lambda v, k: plucker_rays(Camera(viewmat=v, K=k, width=width, height=height)))(viewmats, intrinsics)
+def clip_plucker(viewmats: jax.Array, intrinsics: jax.Array, height: int, width: int, *, scale_mode: str,
+                 scale_target: float) -> jax.Array:
+  """Cameras of a batch of clips (B, F, 4, 4), (B, F, 3, 3) -> their conditioning rays (B, F, H, W, 6), exactly
+  as sampling computes them (`camera.conditioning_rays`)."""
+  rays = functools.partial(conditioning_rays, scale_mode=scale_mode, scale_target=scale_target)
+  return jax.vmap(lambda v, k: rays(Camera(viewmat=v, K=k, width=width, height=height)))(viewmats, intrinsics)
 
 
 def encode(vae, video: jax.Array, key: jax.Array) -> jax.Array:
@@ -204,7 +207,7 @@ def diffusion_inputs(model: CameraDiTTrainee, batch: dict, key: jax.Array, *, ta
   drop = jax.random.uniform(jax.random.fold_in(key, 7), (batch_size,)) < float(config.text.dropout)
   text = jnp.where(drop[:, None, None], model.empty_embeds[...][None], model.prompt_embeds[...][None])
   height, width = frames.shape[2:4]
-  plucker = clip_plucker(batch["viewmats"], batch["intrinsics"], height, width)
+  plucker = clip_plucker(batch["viewmats"], batch["intrinsics"], height, width, **pose_normalization(config))
   return jnp.concatenate([noisy, condition], axis=-1), text, timesteps, plucker, target
 
 
@@ -264,7 +267,8 @@ def camera_dit_task(config: ml_collections.ConfigDict) -> Task:
     return evaluate_loss(model, held_out, config, tables), {}
 
   def export(model: CameraDiTTrainee, config, directory: Path):
-    camera_dit.save_branch(directory, model.dit, overwrite=True, metadata={"trained_with": config.to_dict()})
+    camera_dit.save_branch(directory, model.dit, overwrite=True, metadata={
+      "trained_with": config.to_dict(), checkpoints.POSE_NORMALIZATION: pose_normalization(config)})
     if _pipeline_dir(config) is None or base_trainable(config):
       base = model.dit.base
       params = nnx.to_pure_dict(nnx.state(base, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))

@@ -2,6 +2,10 @@
 command line as `--config.train.steps=100` (ml_collections' config_flags, parsed with absl).
 
     config = load_config("configs/lalrm_tiny.py", ["--config.train.steps=100"])
+
+The blocks every training config has (`train`, `optimizer`, `parallel`, the open `data` keys) come from
+`train_block`, `optimizer_block`, `parallel_block` and `data_block`, so a shared default changes in one place;
+a config passes what is its own.
 """
 
 from __future__ import annotations
@@ -12,10 +16,50 @@ from pathlib import Path
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
+from ml_collections.config_dict import placeholder
 
 from wonderland_jax.errors import WonderlandError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+# The tiny configs' models: a CogVideoX VAE (8x space, 4x time, 16 channels) for 32x32 clips, and a random 4-block
+# CogVideoX image-to-video transformer standing in for CogVideoX-5B-I2V (diffusers config.json fields).
+TINY_VAE = dict(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16,
+                temporal_compression_ratio=4, sample_height=32, sample_width=32)
+TINY_BASE = dict(num_attention_heads=2, attention_head_dim=32, in_channels=32, out_channels=16, time_embed_dim=64,
+                 text_embed_dim=32, num_layers=4, sample_height=4, sample_width=4, sample_frames=9,
+                 max_text_seq_length=8, use_rotary_positional_embeddings=True,
+                 use_learned_positional_embeddings=True, dtype="float32", attention="xla", remat="none")
+
+
+def train_block(*, steps: int, batch_size: int, **overrides) -> dict:
+  """`config.train` (read by `train.loop`): steps, global batch, logging / checkpoint / eval cadence (steps),
+  checkpoints kept, what a non-finite step does ('skip' or 'fatal'), async checkpoint writes."""
+  return dict(steps=steps, batch_size=batch_size, grad_accum=1, log_every=20, checkpoint_every=100,
+              keep_checkpoints=3, eval_every=200, nonfinite="skip", async_checkpoints=True) | overrides
+
+
+def optimizer_block(*, learning_rate: float, warmup_steps: int, **overrides) -> dict:
+  """`config.optimizer` (read by `train.optim`): AdamW with warmup, then a cosine decay to final_lr_fraction."""
+  return dict(learning_rate=learning_rate, warmup_steps=warmup_steps, b1=0.9, b2=0.999, eps=1e-8,
+              weight_decay=0.01, clip_norm=1.0, final_lr_fraction=0.1, schedule="cosine") | overrides
+
+
+def parallel_block(mesh: str = "") -> dict:
+  """`config.parallel`: the device mesh ("" = the default device; e.g. "fsdp=-1", "data=2,fsdp=4,context=2"),
+  dcn: axis sizes across slices / nodes; rules: logical-axis rules (default `nn.partitioning.DEFAULT_RULES`)."""
+  return dict(mesh=mesh, dcn="", rules=placeholder(list))
+
+
+def data_block(**fields) -> dict:
+  """`config.data`: `fields` over the keys every training config leaves open for the command line (placeholders:
+  --config.data.format=realestate10k --config.data.root=/data/re10k, ...) and the shared defaults. Every key of
+  `data.pipeline.DATA_DEFAULTS` can be set."""
+  return dict(num_eval_scenes=8, eval_seed=1, shuffle_seed=0, worker_threads=0, on_error="skip",
+              format=placeholder(str), root=placeholder(str), eval_root=placeholder(str),
+              images_dir=placeholder(str), stride=placeholder(tuple), scale_mode="max_distance",
+              scale_target=1.0) | fields
 
 
 def resolve_config_path(name_or_path: str) -> Path:
@@ -57,3 +101,13 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as error:
     raise WonderlandError(f"{path}: {_one_line(error)}") from None
   return flag_values.config
+
+
+def pose_normalization(config: ml_collections.ConfigDict) -> dict:
+  """{'scale_mode', 'scale_target'} of a training config's data (defaults: `data.DATA_DEFAULTS`): what its clips
+  are normalised with, what the model's conditioning rays are computed with in the step
+  (`camera.conditioning_rays`), and what its export records for inference (`checkpoints.pose_normalization`)."""
+  from wonderland_jax.data.pipeline import DATA_DEFAULTS  # noqa: PLC0415 (grain, only when training)
+  data = config.get("data") or {}
+  return {"scale_mode": str(data.get("scale_mode", DATA_DEFAULTS["scale_mode"])),
+          "scale_target": float(data.get("scale_target", DATA_DEFAULTS["scale_target"]))}

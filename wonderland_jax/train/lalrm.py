@@ -28,12 +28,12 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.camera.rays import plucker_rays
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval import image_metrics
-from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig, to_gaussians
-from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
+from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig, predict
+from wonderland_jax.models.vae import encode_frames, load_vae
 from wonderland_jax.splat.rasterize import rasterize
+from wonderland_jax.train.config import pose_normalization
 from wonderland_jax.train.loop import Task
 
 logger = logging.getLogger("wonderland_jax")
@@ -50,7 +50,7 @@ class LaLRMTrainee(nnx.Module):
     self.lalrm = LaLRM(LaLRMConfig.from_dict(config.model.to_dict()), rngs=rngs)
     if config.get("init_from"):
       initialize_from(self.lalrm, config.init_from)
-    self.vae = load_vae(config) if config.data.get("encode_frames", False) else None
+    self.vae = load_vae(config.vae) if config.data.get("encode_frames", False) else None
     self.vgg = nnx.data(None)  # a module slot, filled below when the perceptual loss is on
     if float(config.loss.perceptual_weight) > 0:
       from wonderland_jax.models import vgg  # noqa: PLC0415
@@ -82,19 +82,6 @@ def initialize_from(lalrm: LaLRM, directory: str) -> None:
   logger.info("lalrm: %d tensors from %s, %d fresh (%s)", copied, directory, len(fresh), ", ".join(fresh) or "none")
 
 
-def load_vae(config: ml_collections.ConfigDict) -> CogVideoXVAE:
-  """The frozen VAE: a converted checkpoint (`vae.checkpoint`), or one made from `vae.random_config` and
-  `vae.seed` (the tiny configs: random but fixed weights, identical in every run)."""
-  if config.vae.get("checkpoint"):
-    return checkpoints.load(config.vae.checkpoint)
-  return CogVideoXVAE(VAEConfig.from_diffusers(config.vae.random_config.to_dict()), rngs=nnx.Rngs(int(config.vae.seed)))
-
-
-def encode_frames(vae: CogVideoXVAE, frames: jax.Array) -> jax.Array:
-  """frames (B, F, H, W, 3) in [0, 1] -> latents (B, t, h, w, C) = posterior mean x scaling factor."""
-  return jax.lax.stop_gradient(vae.config.scale_latents(vae.encode(frames * 2 - 1).mean))
-
-
 def _cameras(viewmats, intrinsics, height: int, width: int) -> Camera:
   return Camera(viewmat=viewmats, K=intrinsics, width=width, height=height)
 
@@ -108,17 +95,6 @@ def render_capacity(config: ml_collections.ConfigDict, lalrm_config: LaLRMConfig
   tiles = -(-height // tile) * -(-width // tile)
   down = lalrm_config.map_downsample
   return num_frames * (height // down) * (width // down) * tiles
-
-
-def predict(trainee_lalrm: LaLRM, latents: jax.Array, viewmats: jax.Array, intrinsics: jax.Array, height: int,
-            width: int):
-  """latents (B, t, h, w, C) + the seen frames' cameras (B, F, ...) at (height, width) -> (Gaussian maps,
-  Gaussians batched over B)."""
-  cameras = _cameras(viewmats, intrinsics, height, width)
-  plucker = jax.vmap(plucker_rays)(cameras)
-  gaussian_map = trainee_lalrm(latents, plucker)
-  gaussians = jax.vmap(functools.partial(to_gaussians, config=trainee_lalrm.config))(gaussian_map, cameras)
-  return gaussian_map, gaussians
 
 
 def render_targets(gaussians, target_viewmats, target_intrinsics, height: int, width: int, *, capacity: int,
@@ -143,7 +119,8 @@ def render_batch(lalrm: LaLRM, vae, batch: dict, config: ml_collections.ConfigDi
       raise WonderlandError("the batch has frames, not latents: set --config.data.encode_frames=True (and a VAE) "
                             "or train from a latent cache")
     latents = encode_frames(vae, batch["frames"])
-  _, gaussians = predict(lalrm, latents, batch["viewmats"], batch["intrinsics"], height, width)
+  _, gaussians = predict(lalrm, latents, batch["viewmats"], batch["intrinsics"], height, width,
+                         **pose_normalization(config))
   capacity = render_capacity(config, lalrm.config, batch["viewmats"].shape[1], height, width)
   return render_targets(gaussians, batch["target_viewmats"], batch["target_intrinsics"], height, width,
                         capacity=capacity, config=config)
@@ -220,7 +197,7 @@ def lalrm_task(config: ml_collections.ConfigDict) -> Task:
     return scalars, {"render_vs_ground_truth": panel}
 
   def export(model: LaLRMTrainee, config, directory: Path):
-    metadata = {"trained_with": config.to_dict()}
+    metadata = {"trained_with": config.to_dict(), checkpoints.POSE_NORMALIZATION: pose_normalization(config)}
     checkpoints.save(directory, model.lalrm, kind="lalrm", config=model.lalrm.config.to_dict(), overwrite=True,
                      metadata=metadata)
     if model.vae is not None and not config.vae.get("checkpoint"):

@@ -57,6 +57,8 @@ from flax import nnx
 
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.io_utils import write_json
+from wonderland_jax.nn import partitioning
+from wonderland_jax.parallel.mesh import make_mesh
 from wonderland_jax.progress import StepProgress
 from wonderland_jax.train.metrics import MetricWriter, ScalarAverager
 from wonderland_jax.train.optim import learning_rate_schedule, make_optimizer
@@ -79,7 +81,7 @@ class Task:
   trainable: Any = nnx.Param
   evaluate: Callable[[nnx.Module, ml_collections.ConfigDict], tuple[dict, dict]] | None = None
   export: Callable[[nnx.Module, ml_collections.ConfigDict, Path], None] | None = None
-  # For ahead-of-time plans (`parallel.plan`): the global batch as jax.ShapeDtypeStructs.
+  # For ahead-of-time plans (`train.plan`): the global batch as jax.ShapeDtypeStructs.
   abstract_batch: Callable[[ml_collections.ConfigDict], dict] | None = None
 
 
@@ -228,13 +230,12 @@ def setup(task: Task, config: ml_collections.ConfigDict, *, abstract: bool = Fal
           rules=None) -> StepSetup:
   """Builds the task's model (abstractly with `abstract`) and everything the step needs; see `StepSetup`.
   With a `mesh`, `shardings` places the train state (optimizer moments like their params), the frozen params
-  and the other variables by `rules` (default `parallel.DEFAULT_RULES`)."""
+  and the other variables by `rules` (default `nn.partitioning.DEFAULT_RULES`)."""
   build = lambda: task.build_model(config, nnx.Rngs(int(config.seed)))
   if abstract:
     model = nnx.eval_shape(build)
   elif mesh is not None:  # params born sharded, checkpoints restored onto the mesh
-    from wonderland_jax.parallel.mesh import DEFAULT_RULES, building_on  # noqa: PLC0415
-    with building_on(mesh, DEFAULT_RULES if rules is None else rules):
+    with partitioning.building_on(mesh, partitioning.DEFAULT_RULES if rules is None else rules):
       model = build()
   else:
     model = build()
@@ -256,14 +257,13 @@ def setup(task: Task, config: ml_collections.ConfigDict, *, abstract: bool = Fal
   state = TrainState(step=step, params=params, opt_state=opt_state, key=key)
   shardings = None
   if mesh is not None:
-    from wonderland_jax.parallel import mesh as meshes  # noqa: PLC0415
-    rules = meshes.DEFAULT_RULES if rules is None else rules
-    param_shardings = meshes.state_shardings(trainable_state, mesh, rules)
-    replicated = meshes.replicated(mesh)
+    rules = partitioning.DEFAULT_RULES if rules is None else rules
+    param_shardings = partitioning.state_shardings(trainable_state, mesh, rules)
+    replicated = partitioning.replicated(mesh)
     opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_state, param_shardings,
                                           transform_non_params=lambda _: replicated)
     shardings = (TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, key=replicated),
-                 meshes.state_shardings(frozen_state, mesh, rules), jax.tree.map(lambda _: replicated, rest))
+                 partitioning.state_shardings(frozen_state, mesh, rules), jax.tree.map(lambda _: replicated, rest))
   return StepSetup(graphdef=graphdef, state=state, frozen=frozen, rest=rest, tx=tx,
                    step=make_train_step(graphdef, task.loss_fn, tx, int(config.train.grad_accum)),
                    num_trainable=count(params), num_frozen=count(frozen), shardings=shardings)
@@ -271,18 +271,16 @@ def setup(task: Task, config: ml_collections.ConfigDict, *, abstract: bool = Fal
 
 def training_mesh(config: ml_collections.ConfigDict):
   """(mesh, rules) from `config.parallel` (mesh: axis sizes like 'fsdp=-1'; dcn: across slices / nodes; rules:
-  logical rules, default `parallel.DEFAULT_RULES`), or (None, None) to train on the default device."""
+  logical rules, default `nn.partitioning.DEFAULT_RULES`), or (None, None) to train on the default device."""
   parallel = config.get("parallel")
   if not parallel or not parallel.get("mesh"):
     return None, None
-  from wonderland_jax.parallel import mesh as meshes  # noqa: PLC0415
-  mesh = meshes.make_mesh(parallel.mesh, dcn=parallel.get("dcn") or None)
-  return mesh, meshes.rules_from(parallel.get("rules"))
+  mesh = make_mesh(parallel.mesh, dcn=parallel.get("dcn") or None)
+  return mesh, partitioning.rules_from(parallel.get("rules"))
 
 
 def _batch_axes(mesh, rules) -> tuple:
-  from wonderland_jax.parallel.mesh import batch_sharding  # noqa: PLC0415
-  entry = batch_sharding(mesh, rules, 1).spec[0]
+  entry = partitioning.batch_sharding(mesh, rules, 1).spec[0]
   return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
@@ -292,16 +290,14 @@ def _jit_step(prepared: StepSetup, mesh, rules):
   it)."""
   if mesh is None:
     return jax.jit(prepared.step, donate_argnums=0)
-  from wonderland_jax.nn.partitioning import activation_rules  # noqa: PLC0415
-  from wonderland_jax.parallel import mesh as meshes  # noqa: PLC0415
   state_shardings, frozen_shardings, rest_shardings = prepared.shardings
   jitted = jax.jit(prepared.step, in_shardings=(state_shardings, frozen_shardings, rest_shardings, None),
-                   out_shardings=(state_shardings, meshes.replicated(mesh)), donate_argnums=0)
+                   out_shardings=(state_shardings, partitioning.replicated(mesh)), donate_argnums=0)
 
   def run(state, frozen, rest, batch):
     batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        meshes.batch_sharding(mesh, rules, np.ndim(x)), np.asarray(x)), batch)
-    with jax.set_mesh(mesh), activation_rules(rules):
+        partitioning.batch_sharding(mesh, rules, np.ndim(x)), np.asarray(x)), batch)
+    with jax.set_mesh(mesh), partitioning.activation_rules(rules):
       return jitted(state, frozen, rest, batch)
 
   return run

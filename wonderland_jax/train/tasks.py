@@ -20,7 +20,7 @@ TASKS = {
 }
 
 
-# The config keys of each model's depth, for extrapolated plans (`parallel.plan.plan_extrapolated`): the first is
+# The config keys of each model's depth, for extrapolated plans (`train.plan.plan_extrapolated`): the first is
 # the number of blocks, the others keep their ratio to it.
 DEPTH_KEYS = {
     "lalrm": ("model.num_layers",),

@@ -2,6 +2,7 @@
 its per-device memory and FLOPs, and the step time they imply on an accelerator at a given MFU.
 
     plan = plan_training(task, config, make_mesh("data=8,fsdp=8"))
+    plan = plan_config(load_config("camera_dit_5b"), mesh, extrapolate=(2, 4))   # what `wonderland plan` runs
     table = plan.table(ACCELERATORS["h100"], mfu=0.4)      # a Markdown table; plan.to_dict(...) for JSON
 
 `wonderland plan` runs this on fake CPU devices (`--xla_force_host_platform_device_count`) in a subprocess, so
@@ -22,8 +23,10 @@ import jax
 import ml_collections
 
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.nn.partitioning import activation_rules
-from wonderland_jax.parallel.mesh import batch_sharding, device_count, rules_from
+from wonderland_jax.nn.partitioning import activation_rules, batch_sharding, rules_from
+from wonderland_jax.parallel.mesh import device_count
+from wonderland_jax.train.loop import setup
+from wonderland_jax.train.tasks import DEPTH_KEYS, make_task, planning_config, task_name
 
 logger = logging.getLogger("wonderland_jax")
 
@@ -105,7 +108,6 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None, *, fast_compile: bool = True) -> Plan:
   """Lowers and compiles `task`'s training step for `mesh` with abstract inputs; see the module docstring."""
-  from wonderland_jax.train.loop import setup  # noqa: PLC0415
   if task.abstract_batch is None:
     raise WonderlandError(f"{task.name}: this task cannot be planned (no abstract batch)")
   if rules is None and config.get("parallel") is not None:
@@ -154,7 +156,6 @@ def plan_extrapolated(make_task, config: ml_collections.ConfigDict, mesh, depth_
   per-device figure is extended linearly in the number of blocks to the config's. Exact for what is linear in
   depth (params, optimizer state, saved activations, FLOPs); the compile of a 42-block step on CPU takes
   tens of minutes, two shallow ones a few. Parameter counts are the full model's (abstract build)."""
-  from wonderland_jax.train.loop import setup  # noqa: PLC0415
   reference = depth_keys[0]
   target = int(_get(config, reference))
   ratios = {key: float(_get(config, key)) / target for key in depth_keys[1:]}
@@ -180,3 +181,18 @@ def plan_extrapolated(make_task, config: ml_collections.ConfigDict, mesh, depth_
       argument_bytes=int(grow("argument_bytes")), output_bytes=int(grow("output_bytes")),
       alias_bytes=int(grow("alias_bytes")), temp_bytes=int(grow("temp_bytes")), flops=float(grow("flops")),
       method=f"extrapolated to {target} blocks from compiled {low} and {high}")
+
+
+def plan_config(config: ml_collections.ConfigDict, mesh, *, model: str | None = None,
+                extrapolate: tuple[int, int] | None = None) -> Plan:
+  """The plan of the step `wonderland train <model>` runs for `config` (a loaded training config; `model`
+  defaults to `tasks.task_name(config)`) on `mesh`, with its weight files replaced by random weights of the same
+  shapes (`tasks.planning_config`): compiled whole, or with `extrapolate` = (N, M) block counts extended from two
+  shallow compiles (`plan_extrapolated`)."""
+  name = model or task_name(config)
+  config = planning_config(name, config)
+  if not extrapolate:
+    return plan_training(make_task(name, config), config, mesh)
+  if name not in DEPTH_KEYS:
+    raise WonderlandError(f"--extrapolate: no depth keys known for {name}")
+  return plan_extrapolated(lambda c: make_task(name, c), config, mesh, DEPTH_KEYS[name], tuple(extrapolate))
