@@ -26,8 +26,8 @@ import time
 
 import jax
 import numpy as np
-
 from memory import PeakMemory  # benchmarks/memory.py (scripts run from benchmarks/)
+
 from wonderland_jax.train.config import load_config
 from wonderland_jax.train.loop import setup
 from wonderland_jax.train.tasks import make_task

@@ -70,10 +70,10 @@ def main() -> None:
 
   ref_ms = None
   if not args.skip_diffusers:
-    import torch
-    from diffusers import CogVideoXTransformer3DModel
-    from diffusers.models.embeddings import get_3d_rotary_pos_embed
-    from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
+    import torch  # noqa: PLC0415 (the reference is optional: --skip_diffusers)
+    from diffusers import CogVideoXTransformer3DModel  # noqa: PLC0415 (the reference is optional: --skip_diffusers)
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed  # noqa: PLC0415 (the reference is optional: --skip_diffusers)
+    from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid  # noqa: PLC0415 (the reference is optional: --skip_diffusers)
 
     torch.set_grad_enabled(False)
     reference = CogVideoXTransformer3DModel(**source).eval()

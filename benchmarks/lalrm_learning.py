@@ -26,8 +26,8 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
-
 from memory import PeakMemory  # benchmarks/memory.py (scripts run from benchmarks/)
+
 from wonderland_jax.train.config import load_config
 from wonderland_jax.train.lalrm import LaLRMTrainee, eval_clips, evaluate_reconstruction, lalrm_task
 from wonderland_jax.train.loop import train

@@ -32,8 +32,8 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
-
 from memory import PeakMemory  # benchmarks/memory.py (scripts run from benchmarks/)
+
 from wonderland_jax import checkpoints
 from wonderland_jax.camera import make_trajectory
 from wonderland_jax.pipeline import WonderlandPipeline, generate_scene

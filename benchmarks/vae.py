@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from memory import PeakMemory  # benchmarks/memory.py (scripts run from benchmarks/)
+
 from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
 
 MID_SIZE = dict(block_out_channels=(64, 128, 128, 256), layers_per_block=2, norm_num_groups=32, latent_channels=16)
@@ -58,8 +58,8 @@ def main() -> None:
   decode = jax.jit(lambda state, z: nnx.merge(graphdef, state).decode(z))
   reference = None
   if not args.skip_diffusers:
-    import torch
-    from diffusers import AutoencoderKLCogVideoX
+    import torch  # noqa: PLC0415 (the reference is optional: --skip_diffusers)
+    from diffusers import AutoencoderKLCogVideoX  # noqa: PLC0415 (the reference is optional: --skip_diffusers)
 
     torch.set_grad_enabled(False)
     reference = AutoencoderKLCogVideoX(**{k: v for k, v in config.to_dict().items() if k != "dtype"}).eval()

@@ -14,6 +14,7 @@ divisible by the patch), GS-LRM's 4e-4, (0.9, 0.95) and 0.5. On GPUs add --confi
 """
 
 import ml_collections
+
 from wonderland_jax.train.config import data_block, optimizer_block, parallel_block, train_block
 
 

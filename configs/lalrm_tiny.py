@@ -14,6 +14,7 @@ Gaussian per 2x2 pixels (gaussian_stride 4 with p = 1, the paper's high-resoluti
 """
 
 import ml_collections
+
 from wonderland_jax.train.config import TINY_VAE, data_block, optimizer_block, parallel_block, train_block
 
 

@@ -7,6 +7,7 @@ for the tiny LaLRM and the demo (~11 minutes on 2 CPU cores; held-out reconstruc
 """
 
 import ml_collections
+
 from wonderland_jax.train.config import TINY_VAE, data_block, optimizer_block, parallel_block, train_block
 
 

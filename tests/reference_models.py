@@ -10,7 +10,6 @@ import transformers
 from sentencepiece import sentencepiece_model_pb2
 
 
-
 def randomize_norms(model: torch.nn.Module, scale: float) -> torch.nn.Module:
   """Perturbs every normalisation parameter (initialised to ones / zeros) so the tests see them."""
   with torch.no_grad():

@@ -1,5 +1,6 @@
-"""Every file in configs/ loads and builds (abstractly, nothing allocated); the full-size LaLRM has the
-paper's shape; stage 2 starts from stage 1's weights where the shapes match."""
+"""Every file in configs/ loads and its model, optimizer state and step build (abstractly, nothing
+allocated); the full-size LaLRM has the paper's shape; stage 2 starts from stage 1's weights where the shapes
+match."""
 
 
 import jax
@@ -11,16 +12,23 @@ from wonderland_jax import checkpoints
 from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.train.config import REPO_CONFIGS, load_config
 from wonderland_jax.train.lalrm import initialize_from
+from wonderland_jax.train.loop import setup
+from wonderland_jax.train.tasks import make_task, planning_config, task_name
 
 CONFIGS = sorted(path.stem for path in REPO_CONFIGS.glob("*.py"))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_loads(name):
+def test_config_loads_and_its_training_step_builds_abstractly(name):
   config = load_config(name)
   assert config.train.steps > 0 and config.train.batch_size > 0
-  if name.startswith("lalrm"):
-    LaLRMConfig.from_dict(config.model.to_dict())
+  model = task_name(config)
+  assert name.startswith(model.replace("-", "_"))
+  planned = planning_config(model, config)  # weight files replaced by random weights of their shapes
+  built = setup(make_task(model, planned), planned, abstract=True)
+  assert built.num_trainable > 0
+  if name == "camera_dit_5b":  # the frozen CogVideoX-5B base (and VAE); the branches train
+    assert built.num_frozen > 5e9 and 1e9 < built.num_trainable < built.num_frozen
 
 
 def test_full_size_lalrm():

@@ -17,7 +17,6 @@ from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.reconstruct import reconstruct_latents
 from wonderland_jax.splat import load_ply
 
-
 # Reads the tiny VAE's latents: 32x32 video -> 8x8 latents -> 4x4 tokens -> one Gaussian per 2x2 pixels.
 TINY = dict(latent_channels=4, spatial_compression=4, temporal_compression=4, patch_size=2, gaussian_stride=4,
             hidden_size=32, pose_dim=16, num_layers=1, head_dim=16)

@@ -25,14 +25,20 @@ import jax
 import numpy as np
 
 from wonderland_jax import convert
-from wonderland_jax.convert.pipeline import COMPONENTS, convert_pipeline
 from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
+from wonderland_jax.convert.pipeline import COMPONENTS, convert_pipeline
 from wonderland_jax.demo import run_demo
 from wonderland_jax.diffusion.pipeline import VideoPipeline, resize_image
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval import command as eval_command
-from wonderland_jax.io_utils import (VIDEO_EXTENSIONS, atomic_path, check_output_directory, read_image,
-                                     write_png_dir, write_video)
+from wonderland_jax.io_utils import (
+  VIDEO_EXTENSIONS,
+  atomic_path,
+  check_output_directory,
+  read_image,
+  write_png_dir,
+  write_video,
+)
 from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 
@@ -227,8 +233,8 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-  from wonderland_jax.train.config import load_config  # noqa: PLC0415 (keeps `wonderland render` light)
   from wonderland_jax.parallel import initialize  # noqa: PLC0415
+  from wonderland_jax.train.config import load_config  # noqa: PLC0415 (keeps `wonderland render` light)
   from wonderland_jax.train.loop import train  # noqa: PLC0415
   from wonderland_jax.train.tasks import make_task  # noqa: PLC0415
   initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
@@ -290,8 +296,8 @@ _PLAN_CHILD = "WONDERLAND_PLAN_DEVICES"
 
 def _prepare_latents(args: argparse.Namespace) -> None:
   from wonderland_jax.data.latent_writer import prepare_latents  # noqa: PLC0415
-  from wonderland_jax.train.config import load_config  # noqa: PLC0415
   from wonderland_jax.models.vae import load_vae  # noqa: PLC0415
+  from wonderland_jax.train.config import load_config  # noqa: PLC0415
   config = load_config(args.config, args.overrides)
   cache = prepare_latents(config, load_vae(config.vae), args.out, num_clips=args.num_clips, shard_size=args.shard_size,
                           seed=args.seed, batch_size=args.batch_size, image_codec=args.image_codec,

@@ -4,9 +4,9 @@
 
 The frames are encoded by the VAE (posterior mean times its scaling factor: what the LaLRM trained on), the
 cameras are re-based on the first frame and scale-normalised exactly as the training clips were
-(`camera.normalize_poses` with the mode and target the model was trained with: `checkpoints.pose_normalization`), and the Gaussians are
-returned in the first camera's frame, in the *input's* units (the normalisation undone: means and scales
-divided by the pose scale), so they line up with the given cameras re-based on the first.
+(`camera.normalize_poses` with the mode and target the model was trained with: `checkpoints.pose_normalization`),
+and the Gaussians are returned in the first camera's frame, in the *input's* units (the normalisation undone:
+means and scales divided by the pose scale), so they line up with the given cameras re-based on the first.
 `reconstruct_latents` starts from latents instead (a video model's samples: no decoding and re-encoding).
 """
 

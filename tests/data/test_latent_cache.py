@@ -11,8 +11,14 @@ from flax import nnx
 
 from tests.data.conftest import HEIGHT, SPEC, WIDTH
 from wonderland_jax import checkpoints
-from wonderland_jax.data import (LatentCache, SyntheticDataset, clip_rng, make_encoder, make_train_iterator,
-                                 prepare_latents)
+from wonderland_jax.data import (
+  LatentCache,
+  SyntheticDataset,
+  clip_rng,
+  make_encoder,
+  make_train_iterator,
+  prepare_latents,
+)
 from wonderland_jax.data.latent_cache import decode_record
 from wonderland_jax.data.latent_writer import encode_record
 from wonderland_jax.errors import InputFileError, WonderlandError

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from tests.data.conftest import HEIGHT, WIDTH
-from wonderland_jax.data import (ClipSpec, SyntheticDataset, clip_rng, clip_spec, data_config, eval_clips,
-                                 make_iterator, make_train_iterator)
+from wonderland_jax.data import (
+  ClipSpec,
+  SyntheticDataset,
+  clip_rng,
+  clip_spec,
+  data_config,
+  eval_clips,
+  make_iterator,
+  make_train_iterator,
+)
 from wonderland_jax.errors import WonderlandError
 
 

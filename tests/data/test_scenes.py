@@ -10,8 +10,15 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from tests.data.conftest import DISK_FRAMES, HEIGHT, NUM_DISK_SCENES, SPEC, WIDTH
-from wonderland_jax.data import (ClipSource, DataErrors, read_colmap_scene, read_realestate10k_scene, scan_dataset,
-                                 synthetic_scene, write_synthetic_dataset)
+from wonderland_jax.data import (
+  ClipSource,
+  DataErrors,
+  read_colmap_scene,
+  read_realestate10k_scene,
+  scan_dataset,
+  synthetic_scene,
+  write_synthetic_dataset,
+)
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import read_image, write_png
 

@@ -12,6 +12,7 @@ from wonderland_jax import checkpoints
 from wonderland_jax.convert.pipeline import PIPELINE_JSON, read_pipeline
 from wonderland_jax.demo.build import write_pipeline
 from wonderland_jax.diffusion.pipeline import VideoPipeline
+from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models.t5 import encode_prompt
 from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
 from wonderland_jax.train.config import load_config
@@ -44,8 +45,8 @@ def test_write_pipeline_loads_as_a_converted_pipeline(tmp_path, vae_dir):
   again = write_pipeline(tmp_path / "again", vae_dir, base.random_config.to_dict(), seed=int(base.seed))
   np.testing.assert_array_equal(checkpoints.load(again / "transformer").proj_out.kernel[...],
                                 pipe.transformer.proj_out.kernel[...])
-  with pytest.raises(Exception, match="already exists"):
+  with pytest.raises(WonderlandError, match="already exists"):
     write_pipeline(out, vae_dir, base.random_config.to_dict())
-  with pytest.raises(Exception, match="not a VAE"):
+  with pytest.raises(InputFileError, match="not a VAE"):
     write_pipeline(tmp_path / "bad", out / "transformer", base.random_config.to_dict())
   assert not (tmp_path / "bad").exists()

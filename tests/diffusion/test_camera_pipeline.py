@@ -11,16 +11,14 @@ from flax import nnx
 
 from tests.models.test_camera_dit import _perturb
 from wonderland_jax import checkpoints
-from wonderland_jax.camera import Camera, PoseSequence, make_trajectory, write_realestate10k
+from wonderland_jax.camera import Camera, PoseSequence, conditioning_rays, make_trajectory, write_realestate10k
 from wonderland_jax.cli import main
-from wonderland_jax.camera import conditioning_rays
 from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.io_utils import write_png
 from wonderland_jax.models import camera_dit
 from wonderland_jax.models.camera_dit import CameraConfig, CameraDiT
 from wonderland_jax.models.dit import DiTConfig
-
 
 
 def _moved(cameras: Camera, scale: float, seed: int = 0) -> Camera:

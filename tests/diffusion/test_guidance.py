@@ -9,13 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
-                       CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel)
+from diffusers import (
+  AutoencoderKLCogVideoX,
+  CogVideoXDDIMScheduler,
+  CogVideoXDPMScheduler,
+  CogVideoXImageToVideoPipeline,
+  CogVideoXTransformer3DModel,
+)
 
+from tests.diffusion.test_schedulers import SHIPPED
 from wonderland_jax.diffusion import guidance as G
 from wonderland_jax.diffusion import schedulers as S
 from wonderland_jax.errors import WonderlandError
-from tests.diffusion.test_schedulers import SHIPPED
 
 
 def test_guided_math():

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
-                       CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel)
+from diffusers import (
+  AutoencoderKLCogVideoX,
+  CogVideoXDDIMScheduler,
+  CogVideoXDPMScheduler,
+  CogVideoXImageToVideoPipeline,
+  CogVideoXTransformer3DModel,
+)
 from diffusers.schedulers import scheduling_dpm_cogvideox
 
 from tests.reference_models import make_t5_tokenizer, randomize_norms

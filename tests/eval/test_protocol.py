@@ -16,8 +16,7 @@ from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval.camera_metrics import camera_errors, colmap_trajectory
 from wonderland_jax.eval.frechet import feature_statistics, frechet_distance
 from wonderland_jax.eval.image_metrics import psnr, ssim
-from wonderland_jax.eval.protocol import (EvalRun, MetricNetworks, clip_inputs, run_evaluation, sample_clips,
-                                          similarity)
+from wonderland_jax.eval.protocol import EvalRun, MetricNetworks, clip_inputs, run_evaluation, sample_clips, similarity
 
 NUM_SCENES, SCENE_FRAMES = 3, 24
 

@@ -144,8 +144,8 @@ def test_every_branch_param_learns_from_initialisation():
   """Three plain gradient steps from the initialisation reach every branch param. The zero inits must leave a
   path: ControlNet: the zero control_out first, then its copied blocks and its encoder's output layer, then the
   encoder's convolutions; LoRA: the random encoder output reaches the zero camera rows of lora_proj at once, the
-  encoder at the second step, and the B = 0 adapters reach A at the second step. (With both LoRA-branch halves zero, as before, neither ever got a
-  gradient: that branch could not learn the cameras.)"""
+  encoder at the second step, and the B = 0 adapters reach A at the second step. (With both LoRA-branch halves
+  zero, as before, neither ever got a gradient: that branch could not learn the cameras.)"""
   model = CameraDiT(_base(), CameraConfig(**CAMERA), rngs=nnx.Rngs(1))
   graphdef, trainable, rest = nnx.split(model, BRANCH, ...)
   latents, text, timestep, plucker = _inputs(batch=1)

@@ -18,8 +18,8 @@ from wonderland_jax.convert import ConversionError, cogvideox_transformer, conve
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models import dit
 from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig, timestep_embedding
-from wonderland_jax.nn.remat import REMAT_POLICIES
 from wonderland_jax.nn.attention import dot_product_attention
+from wonderland_jax.nn.remat import REMAT_POLICIES
 
 BASE = dict(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=12,
             text_embed_dim=20, num_layers=2, sample_width=8, sample_height=6, sample_frames=9, max_text_seq_length=7)
@@ -113,19 +113,19 @@ def test_timestep_embedding_and_attention():
   scores = jnp.einsum("bqnd,bknd->bnqk", q, k) / 2.0
   expected = jnp.einsum("bnqk,bknd->bqnd", jax.nn.softmax(scores, -1), v)
   np.testing.assert_allclose(dot_product_attention(q, k, v), expected, atol=1e-5)
-  with pytest.raises(Exception, match="unknown attention"):
+  with pytest.raises(WonderlandError, match="unknown attention"):
     dot_product_attention(q, k, v, implementation="magic")
 
 
 def test_bad_inputs_name_the_problem():
   model = CogVideoXTransformer(DiTConfig.from_diffusers(CONFIGS["5b_i2v_like"]), rngs=nnx.Rngs(0))
-  with pytest.raises(Exception, match="channels"):
+  with pytest.raises(WonderlandError, match="channels"):
     model(jnp.ones((1, 3, 6, 8, 5)), jnp.ones((1, 7, 20)), jnp.array([1]))
-  with pytest.raises(Exception, match="learned positional embedding is for 6x8"):
+  with pytest.raises(WonderlandError, match="learned positional embedding is for 6x8"):
     model(jnp.ones((1, 3, 4, 8, 8)), jnp.ones((1, 7, 20)), jnp.array([1]))
-  with pytest.raises(Exception, match="not divisible by the patch size"):
+  with pytest.raises(WonderlandError, match="not divisible by the patch size"):
     model(jnp.ones((1, 3, 5, 8, 8)), jnp.ones((1, 7, 20)), jnp.array([1]))
-  with pytest.raises(Exception, match="unknown field"):
+  with pytest.raises(WonderlandError, match="unknown field"):
     DiTConfig.from_diffusers({"nonsense": 1})
   i2v_15 = CogVideoXTransformer(DiTConfig.from_diffusers(CONFIGS["1.5_i2v_like"]), rngs=nnx.Rngs(0))
   with pytest.raises(WonderlandError, match="needs the `ofs` input"):

@@ -1,4 +1,5 @@
-"""Every param of the CogVideoX transformer (alone and with camera branches), the T5 encoder, the VAE and the LaLRM carries one logical axis name per
+"""Every param of the CogVideoX transformer (alone and with camera branches), the T5 encoder, the VAE and the LaLRM
+carries one logical axis name per
 dimension, and a checkpoint of each loads onto an 8-device mesh by logical rules (FSDP + tensor) with the same
 forward as on one device."""
 
@@ -15,11 +16,10 @@ from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig
 from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.models.t5 import T5Config, T5Encoder
 from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
-from wonderland_jax.nn.partitioning import activation_rules
-from wonderland_jax.nn.partitioning import DEFAULT_RULES
+from wonderland_jax.nn.partitioning import DEFAULT_RULES, activation_rules
 from wonderland_jax.parallel.mesh import AXES, make_mesh
-from wonderland_jax.train.plan import plan_training
 from wonderland_jax.train.config import load_config
+from wonderland_jax.train.plan import plan_training
 from wonderland_jax.train.tasks import make_task
 
 RULES = [("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"), ("channels", "tensor")]
@@ -147,7 +147,7 @@ def test_main_activations_are_constrained_only_under_rules_and_a_mesh():
       constrained = trace()
   assert count(plain) == count(no_rules) == 0
   assert count(constrained) == 1 + 2  # the input tokens and after each of the 2 blocks
-  assert "spec=P(('data', 'fsdp'), 'context', None)" in str(constrained)  # batch over data (x fsdp = 1), tokens over context
+  assert "spec=P(('data', 'fsdp'), 'context', None)" in str(constrained)  # batch: data x fsdp, tokens: context
 
 
 def _step_flops_per_device(num_devices: int) -> float:

@@ -15,6 +15,7 @@ from tests.reference_models import randomize_norms, save_reference
 from wonderland_jax import checkpoints
 from wonderland_jax.cli import main
 from wonderland_jax.convert import ConversionError, convert
+from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.vae import CogVideoXVAE, Tiling, VAEConfig, frame_chunks
 
 CONFIGS = {
@@ -157,7 +158,7 @@ def test_config_from_published_json_fields():
   with torch.device("meta"):
     reference = AutoencoderKLCogVideoX(**{k: v for k, v in published.items() if not k.startswith("_")})
   assert num_params == sum(p.numel() for p in reference.parameters()) == 215_583_907
-  with pytest.raises(Exception, match="unknown field"):
+  with pytest.raises(WonderlandError, match="unknown field"):
     VAEConfig.from_diffusers({**published, "mystery": 1})
 
 

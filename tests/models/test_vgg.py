@@ -19,8 +19,15 @@ from torch import nn
 
 from tests.reference_models import assert_close_relative as _assert_close
 from wonderland_jax.errors import InputFileError, WonderlandError
-from wonderland_jax.models.vgg import (LPIPS_TAPS, VGG, PerceptualConfig, PerceptualLoss, load_lpips, load_vgg,
-                                       perceptual_loss)
+from wonderland_jax.models.vgg import (
+  LPIPS_TAPS,
+  VGG,
+  PerceptualConfig,
+  PerceptualLoss,
+  load_lpips,
+  load_vgg,
+  perceptual_loss,
+)
 
 # torchvision.models.vgg.cfgs
 TORCHVISION_CFGS = {

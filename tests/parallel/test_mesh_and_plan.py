@@ -13,11 +13,10 @@ from jax.sharding import PartitionSpec
 
 from wonderland_jax.cli import main
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.nn.partitioning import axes, param_init_context
-from wonderland_jax.nn.partitioning import DEFAULT_RULES, state_shardings
+from wonderland_jax.nn.partitioning import DEFAULT_RULES, axes, param_init_context, state_shardings
 from wonderland_jax.parallel.mesh import AXES, make_mesh, parse_axes
-from wonderland_jax.train.plan import ACCELERATORS, plan_training
 from wonderland_jax.train.loop import Task
+from wonderland_jax.train.plan import ACCELERATORS, plan_training
 
 
 def test_parse_and_make_mesh():
@@ -115,7 +114,8 @@ def test_params_are_born_sharded_and_checkpoints_restore_onto_the_building_mesh(
   mesh = make_mesh("fsdp=4,tensor=2")
   prepared = setup(_task(), _config(), mesh=mesh)
   kernel = prepared.state.params["up"]["kernel"]
-  assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor") and kernel.addressable_shards[0].data.shape == (16, 128)
+  assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor")
+  assert kernel.addressable_shards[0].data.shape == (16, 128)
   lalrm = {"hidden_size": 32, "pose_dim": 16, "num_layers": 1, "head_dim": 16, "patch_size": 2, "gaussian_stride": 16}
   checkpoints.save(tmp_path / "lalrm", checkpoints.model_builder("lalrm")(lalrm, nnx.Rngs(0)), kind="lalrm",
                    config=lalrm)
@@ -125,8 +125,8 @@ def test_params_are_born_sharded_and_checkpoints_restore_onto_the_building_mesh(
 
 
 def test_extrapolated_plan_matches_the_compiled_one():
-  from wonderland_jax.train.plan import plan_extrapolated  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
+  from wonderland_jax.train.plan import plan_extrapolated  # noqa: PLC0415
   from wonderland_jax.train.tasks import DEPTH_KEYS, make_task, planning_config  # noqa: PLC0415
   config = planning_config("lalrm", load_config("lalrm_tiny", ["--config.train.batch_size=8",
                                                                 "--config.model.num_layers=3",

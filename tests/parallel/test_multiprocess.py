@@ -1,4 +1,5 @@
-"""Two local processes (2 CPU devices each, started by launch/local.py) on 127.0.0.1 train the tiny LaLRM and the tiny camera DiT on a
+"""Two local processes (2 CPU devices each, started by launch/local.py) on 127.0.0.1 train the tiny LaLRM and the
+tiny camera DiT on a
 4-device FSDP mesh, checkpoint and export together; the checkpoint then restores in this process onto an
 8-device mesh of another shape with the same values."""
 

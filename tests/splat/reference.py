@@ -18,9 +18,9 @@ def real_sh_basis(direction: np.ndarray, degree: int) -> np.ndarray:
   polar = math.acos(max(-1.0, min(1.0, z)))
   azimuth = math.atan2(y, x)
   values = []
-  for l in range(degree + 1):
-    for m in range(-l, l + 1):
-      complex_value = special.sph_harm_y(l, abs(m), polar, azimuth)
+  for band in range(degree + 1):
+    for m in range(-band, band + 1):
+      complex_value = special.sph_harm_y(band, abs(m), polar, azimuth)
       if m > 0:
         values.append(math.sqrt(2) * complex_value.real)
       elif m < 0:

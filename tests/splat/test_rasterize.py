@@ -198,7 +198,7 @@ def test_capacity_is_auto_sized_outside_jit_and_checked_inside():
   fits = jax.jit(lambda g: rasterize(g, camera, capacity=needed).image)(gaussians)
   np.testing.assert_allclose(fits, reference_image, atol=1e-6)
   too_small = jax.jit(lambda g: rasterize(g, camera, capacity=needed - 1).image)
-  with pytest.raises(Exception, match="pair buffer is too small"):
+  with pytest.raises(jax.errors.JaxRuntimeError, match="CapacityError: the rasterizer's pair buffer is too small"):
     jax.block_until_ready(too_small(gaussians))
   with pytest.raises(WonderlandError, match="needs an explicit capacity"):
     jax.jit(lambda g: rasterize(g, camera).image)(gaussians)

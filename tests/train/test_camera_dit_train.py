@@ -16,10 +16,10 @@ from flax import nnx
 from wonderland_jax import checkpoints
 from wonderland_jax.cli import main
 from wonderland_jax.diffusion.schedulers import add_noise, get_velocity, make_tables
+from wonderland_jax.errors import InputFileError
 from wonderland_jax.models import camera_dit
 from wonderland_jax.train import camera_dit as trainer
 from wonderland_jax.train.config import load_config
-
 
 TINY = ["--config.base.random_config.num_layers=2", "--config.camera.controlnet_layers=1",
         "--config.camera.encoder_channels=8", "--config.train.batch_size=2", "--config.train.log_every=2",
@@ -97,7 +97,7 @@ def test_trains_from_a_converted_pipeline_and_caches_the_text_embeddings(tmp_pat
   config = load_config("camera_dit_tiny", args)
   np.testing.assert_array_equal(trainer.text_embeddings(config, model.config)[0], prompt)
   np.savez(cache, prompt=np.zeros((3, 16)), empty=np.zeros((3, 16)))
-  with pytest.raises(Exception, match=r"text.npz: embeddings of shape \(3, 16\)"):
+  with pytest.raises(InputFileError, match=r"text.npz: embeddings of shape \(3, 16\)"):
     trainer.text_embeddings(config, model.config)
 
 

@@ -17,6 +17,7 @@ from flax import nnx
 
 from wonderland_jax import checkpoints, cli
 from wonderland_jax.data.synthetic import write_synthetic_dataset
+from wonderland_jax.reconstruct import default_vae_directory
 from wonderland_jax.splat import load_ply
 
 TINY = ["--config.model.hidden_size=32", "--config.model.pose_dim=16", "--config.model.num_layers=1",
@@ -135,5 +136,4 @@ def test_train_a_tiny_vae_and_use_it_for_the_lalrm(tmp_path):
   assert cli.main(["train", "lalrm", "--config", "lalrm_tiny", "--workdir", str(lalrm_run), "--config.train.steps=2",
                    *TINY, f"--config.vae.checkpoint={vae_run / 'model'}"]) == 0
   assert not (lalrm_run / "vae").exists()  # the configured VAE is used, not exported again
-  from wonderland_jax.reconstruct import default_vae_directory
   assert default_vae_directory(lalrm_run / "model") == vae_run / "model"

@@ -63,7 +63,8 @@ def test_learns_and_writes_metrics(tmp_path):
 def test_sigterm_saves_and_the_rerun_continues_exactly(tmp_path):
   straight = train(toy.task(), toy.config(steps=20), tmp_path / "straight")
   task = toy.task()
-  interrupted_task = dataclasses.replace(task, make_iterator=lambda config: _SigtermAfter(task.make_iterator(config), 8))
+  interrupted_task = dataclasses.replace(
+      task, make_iterator=lambda config: _SigtermAfter(task.make_iterator(config), 8))
   stopped = train(interrupted_task, toy.config(steps=20), tmp_path / "split")
   assert stopped.status == "preempted" and stopped.step == 8
   assert (tmp_path / "split" / "checkpoints" / "8").is_dir()  # saved at the step, off the 5-step cadence

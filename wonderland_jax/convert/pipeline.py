@@ -42,7 +42,8 @@ def convert_pipeline(src: str | os.PathLike, out: str | os.PathLike, *, componen
     if not overwrite:
       raise WonderlandError(f"{out}: already exists; pass --overwrite to replace it")
     if any(out.iterdir()) and not (out / PIPELINE_JSON).is_file():
-      raise WonderlandError(f"{out}: exists and is not a converted pipeline (no {PIPELINE_JSON}); refusing to replace it")
+      raise WonderlandError(
+          f"{out}: exists and is not a converted pipeline (no {PIPELINE_JSON}); refusing to replace it")
   with atomic_directory(out) as staging:
     reports = {}
     for name in components:

@@ -29,13 +29,45 @@ mean times the VAE's scaling_factor, T = 1 + (F - 1) / 4 — instead of `frames`
 (target images quantised to 8 bits).
 """
 
-from wonderland_jax.data.clips import (DEFAULT_STRIDES, ClipIndices, ClipSource, ClipSpec, clip_rng, crop_transform,
-                                       make_clip, resize_and_crop, sample_clip, sample_indices)
+from wonderland_jax.data.clips import (
+                                       DEFAULT_STRIDES,
+                                       ClipIndices,
+                                       ClipSource,
+                                       ClipSpec,
+                                       clip_rng,
+                                       crop_transform,
+                                       make_clip,
+                                       resize_and_crop,
+                                       sample_clip,
+                                       sample_indices,
+)
 from wonderland_jax.data.latent_cache import LatentCache
 from wonderland_jax.data.latent_writer import make_encoder, prepare_latents
-from wonderland_jax.data.pipeline import (DATA_DEFAULTS, clip_spec, data_config, eval_clips, make_clip_source,
-                                          make_dataset, make_iterator, make_train_iterator)
-from wonderland_jax.data.scenes import (FORMATS, DataErrors, DatasetScan, Scene, SceneRef, read_colmap_scene,
-                                        read_nerfstudio_scene, read_realestate10k_scene, scan_dataset)
-from wonderland_jax.data.synthetic import (SyntheticDataset, random_camera_path, random_scene, synthetic_scene,
-                                           write_synthetic_dataset)
+from wonderland_jax.data.pipeline import (
+                                       DATA_DEFAULTS,
+                                       clip_spec,
+                                       data_config,
+                                       eval_clips,
+                                       make_clip_source,
+                                       make_dataset,
+                                       make_iterator,
+                                       make_train_iterator,
+)
+from wonderland_jax.data.scenes import (
+                                       FORMATS,
+                                       DataErrors,
+                                       DatasetScan,
+                                       Scene,
+                                       SceneRef,
+                                       read_colmap_scene,
+                                       read_nerfstudio_scene,
+                                       read_realestate10k_scene,
+                                       scan_dataset,
+)
+from wonderland_jax.data.synthetic import (
+                                       SyntheticDataset,
+                                       random_camera_path,
+                                       random_scene,
+                                       synthetic_scene,
+                                       write_synthetic_dataset,
+)

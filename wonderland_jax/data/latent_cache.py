@@ -47,7 +47,7 @@ CAMERA_KEYS = ("viewmats", "intrinsics", "target_viewmats", "target_intrinsics",
 
 def array_record_module():
   try:
-    from array_record.python import array_record_module
+    from array_record.python import array_record_module  # noqa: PLC0415 (optional on some platforms)
   except ImportError as err:  # grain depends on array_record on Linux; elsewhere it may be missing
     raise WonderlandError("the latent cache needs the array_record package (pip install array-record)") from err
   return array_record_module
@@ -101,7 +101,7 @@ class LatentCache:
   def source(self):
     """The underlying grain ArrayRecordDataSource (opened on first use)."""
     if self._source is None:
-      import grain
+      import grain  # noqa: PLC0415 (grain loads only when a cache is read)
       array_record_module()  # a clear error if array_record is missing
       self._source = grain.sources.ArrayRecordDataSource([str(path) for path in self.paths])
       if len(self._source) != self.index["num_records"]:

@@ -24,8 +24,15 @@ import numpy as np
 from flax import nnx
 
 from wonderland_jax.data.clips import clip_rng
-from wonderland_jax.data.latent_cache import (CACHE_FORMAT, CACHE_VERSION, CAMERA_KEYS, IMAGE_CODECS, INDEX_FILE,
-                                              LatentCache, array_record_module)
+from wonderland_jax.data.latent_cache import (
+  CACHE_FORMAT,
+  CACHE_VERSION,
+  CAMERA_KEYS,
+  IMAGE_CODECS,
+  INDEX_FILE,
+  LatentCache,
+  array_record_module,
+)
 from wonderland_jax.data.pipeline import data_config, make_clip_source
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_directory, to_uint8, write_json

@@ -102,10 +102,8 @@ def run_demo(out: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, scen
 
   from wonderland_jax.camera import Camera  # noqa: PLC0415
   from wonderland_jax.checkpoints import read_description  # noqa: PLC0415
-  from wonderland_jax.io_utils import (atomic_directory, check_output_directory, write_json,  # noqa: PLC0415
-                                       write_png, write_video)
-  from wonderland_jax.pipeline import (WonderlandPipeline, generate_scene, peak_rss_bytes,  # noqa: PLC0415
-                                       write_scene_outputs)
+  from wonderland_jax.io_utils import atomic_directory, check_output_directory, write_json, write_png, write_video  # noqa: PLC0415
+  from wonderland_jax.pipeline import WonderlandPipeline, generate_scene, peak_rss_bytes, write_scene_outputs  # noqa: PLC0415
   from wonderland_jax.reconstruct import reconstruct  # noqa: PLC0415
   from wonderland_jax.splat.flythrough import render_frames  # noqa: PLC0415
 

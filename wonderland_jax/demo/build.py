@@ -164,9 +164,9 @@ def untrained_figures(camera_dit_workdir: Path, lalrm_workdir: Path) -> dict:
   """The held-out figures of the models as initialised (the runs' own configs and seeds, same held-out clips)."""
   from flax import nnx  # noqa: PLC0415
 
+  from wonderland_jax.data import pipeline  # noqa: PLC0415
   from wonderland_jax.diffusion.schedulers import make_tables  # noqa: PLC0415
   from wonderland_jax.train import camera_dit, lalrm  # noqa: PLC0415
-  from wonderland_jax.data import pipeline  # noqa: PLC0415
   config = _run_config(lalrm_workdir)
   trainee = lalrm.LaLRMTrainee(config, nnx.Rngs(int(config.seed)))
   scalars, _ = lalrm.evaluate_reconstruction(trainee.lalrm, trainee.vae, lalrm.eval_clips(config), config)

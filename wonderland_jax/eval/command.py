@@ -18,8 +18,14 @@ import numpy as np
 
 from wonderland_jax.data.scenes import FORMATS, scan_dataset
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.eval.protocol import (EVAL_STRIDES, SIMILARITY_FRAMES, EvalRun, MetricNetworks, run_evaluation,
-                                          sample_clips)
+from wonderland_jax.eval.protocol import (
+  EVAL_STRIDES,
+  SIMILARITY_FRAMES,
+  EvalRun,
+  MetricNetworks,
+  run_evaluation,
+  sample_clips,
+)
 
 logger = logging.getLogger("wonderland_jax")
 

@@ -29,10 +29,10 @@ from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import IMPLEMENTATIONS
+from wonderland_jax.nn.partitioning import axes, constrain, param_init_context
+from wonderland_jax.nn.remat import ATTENTION, remat_policy, rematerialized
 from wonderland_jax.nn.sequence_parallel import METHODS as SEQUENCE_PARALLEL
 from wonderland_jax.nn.sequence_parallel import sequence_parallel_attention
-from wonderland_jax.nn.partitioning import axes, constrain, param_init_context
-from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
 
 
 @dataclasses.dataclass(frozen=True)

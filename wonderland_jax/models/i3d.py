@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -56,8 +55,6 @@ from wonderland_jax.convert.rules import Rule
 from wonderland_jax.convert.state_dict import check_keys, load_into, open_weights
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.nn.batch_norm import FrozenBatchNorm
-
-logger = logging.getLogger(__name__)
 
 RESOLUTION = 224
 NUM_CLASSES = 400

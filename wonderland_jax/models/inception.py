@@ -24,7 +24,6 @@ BatchNorm statistics are loaded as `nnx.Param`s with the rest, and never updated
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -38,8 +37,6 @@ from wonderland_jax.convert.rules import Rule
 from wonderland_jax.convert.state_dict import check_keys, load_into, open_weights
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.nn.batch_norm import FrozenBatchNorm
-
-logger = logging.getLogger(__name__)
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")

@@ -35,6 +35,7 @@ import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from wonderland_jax.camera.camera import Camera
 from wonderland_jax.camera.poses import conditioning_rays, normalize_poses
@@ -43,11 +44,10 @@ from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.attention import IMPLEMENTATIONS
+from wonderland_jax.nn.partitioning import constrain, param_init_context, partitioned
+from wonderland_jax.nn.remat import ATTENTION, remat_policy, rematerialized
 from wonderland_jax.nn.sequence_parallel import METHODS as SEQUENCE_PARALLEL
 from wonderland_jax.nn.sequence_parallel import sequence_parallel_attention
-from wonderland_jax.nn.partitioning import constrain, param_init_context, partitioned
-from wonderland_jax.nn.remat import ATTENTION, rematerialized, remat_policy
-from jax.ad_checkpoint import checkpoint_name
 from wonderland_jax.splat.gaussians import Gaussians
 
 GAUSSIAN_CHANNELS = 12

@@ -78,7 +78,8 @@ class VAEConfig:
 
   def validate(self) -> None:
     if any(t != "CogVideoXDownBlock3D" for t in self.down_block_types):
-      raise WonderlandError(f"VAE config: down_block_types must all be CogVideoXDownBlock3D, got {self.down_block_types}")
+      raise WonderlandError(
+          f"VAE config: down_block_types must all be CogVideoXDownBlock3D, got {self.down_block_types}")
     if any(t != "CogVideoXUpBlock3D" for t in self.up_block_types):
       raise WonderlandError(f"VAE config: up_block_types must all be CogVideoXUpBlock3D, got {self.up_block_types}")
     if not len(self.down_block_types) == len(self.up_block_types) == len(self.block_out_channels):

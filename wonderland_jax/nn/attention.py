@@ -59,8 +59,8 @@ def _block(length: int) -> int:
 @functools.lru_cache(maxsize=64)
 def _splash_kernel(heads: int, q_length: int, kv_length: int, interpret: bool):
   # Imported here: the Pallas TPU modules are only needed (and only load everywhere) when splash is used.
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel  # noqa: PLC0415
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks  # noqa: PLC0415
   block_q, block_kv = _block(q_length), _block(kv_length)
   sizes = kernel.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
                             block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q,
@@ -76,7 +76,7 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scal
   Both sequences are padded to whole blocks (512 tokens, or 128 for short ones); padded keys carry segment id
   1 and real ones 0, so no real query attends to padding. The scale is applied to the queries (in float32).
   """
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel  # noqa: PLC0415 (as above)
   batch, q_length, heads, head_dim = query.shape
   kv_length = key.shape[1]
   scale = head_dim ** -0.5 if scale is None else scale

@@ -2,5 +2,4 @@
 
 from wonderland_jax.splat.gaussians import Gaussians, concatenate
 from wonderland_jax.splat.ply import load_ply, save_ply
-from wonderland_jax.splat.rasterize import (RasterSettings, RenderOutput, capacity_for, count_intersections,
-                                            rasterize)
+from wonderland_jax.splat.rasterize import RasterSettings, RenderOutput, capacity_for, count_intersections, rasterize
