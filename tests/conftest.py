@@ -15,19 +15,19 @@ import pytest  # noqa: E402 (after the environment above)
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
   """A converted tiny CogVideoX pipeline: 4x VAE, 4 latent channels, 8x8 latents (32x32 videos)."""
-  from tests.diffusion.test_pipeline import make_converted  # noqa: PLC0415 (torch / diffusers, when used)
+  from tests.helpers.pipelines import make_converted  # noqa: PLC0415 (torch / diffusers, when used)
   return make_converted(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def branch(converted, tmp_path_factory):
   """A camera branch with random weights on `converted`'s transformer."""
-  from tests.diffusion.test_camera_pipeline import make_branch  # noqa: PLC0415
+  from tests.helpers.pipelines import make_branch  # noqa: PLC0415
   return make_branch(converted, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def lalrm(tmp_path_factory):
   """A random tiny LaLRM reading `converted`'s latents."""
-  from tests.test_generate_pipeline import make_lalrm  # noqa: PLC0415
+  from tests.helpers.pipelines import make_lalrm  # noqa: PLC0415
   return make_lalrm(tmp_path_factory)

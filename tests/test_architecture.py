@@ -94,3 +94,20 @@ def test_no_two_modules_import_each_other():
                   if a < b and a in graph.get(b, ()) and not is_parent(a, b) and not is_parent(b, a))
   assert not mutual, mutual
   assert len(graph) > 60  # the walk saw the package
+
+
+def test_tests_share_builders_only_through_helpers():
+  """Test modules and conftest files import shared builders from tests/helpers/, never from each other."""
+  tests = Path(__file__).parent
+  offenders = {}
+  for path in tests.rglob("*.py"):
+    if "helpers" in path.relative_to(tests).parts:
+      continue
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+      names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+               else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      bad = [name for name in names if name.startswith("tests") and not name.startswith("tests.helpers")]
+      if bad or (isinstance(node, ast.ImportFrom) and node.level):
+        offenders.setdefault(str(path.relative_to(tests)), []).extend(bad or ["relative import"])
+  assert not offenders, offenders
+  assert (tests / "helpers" / "pipelines.py").exists()

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from tests.convert import toy
+from tests.helpers import convert_toy as toy
 from wonderland_jax import checkpoints
 from wonderland_jax.errors import InputFileError, WonderlandError
 

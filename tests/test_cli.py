@@ -4,8 +4,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from tests.splat import reference
-from tests.splat.test_rasterize import to_gaussians
+from tests.helpers import splat_reference as reference
+from tests.helpers.gaussians import to_gaussians
 from wonderland_jax.camera import PoseSequence, make_trajectory, write_realestate10k
 from wonderland_jax.cli import main
 from wonderland_jax.splat import save_ply

@@ -6,37 +6,24 @@ import json
 import imageio.v3 as iio
 import jax
 import numpy as np
-from flax import nnx
 
-from tests.diffusion import test_camera_pipeline
+from tests.helpers.pipelines import save_lalrm
+from tests.helpers.poses import moved_rigidly
 from wonderland_jax import checkpoints
 from wonderland_jax.camera import make_trajectory
 from wonderland_jax.cli import main
 from wonderland_jax.io_utils import write_png
-from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig
 from wonderland_jax.reconstruct import reconstruct_latents
 from wonderland_jax.splat import load_ply
 
+
 # Reads the tiny VAE's latents: 32x32 video -> 8x8 latents -> 4x4 tokens -> one Gaussian per 2x2 pixels.
-TINY = dict(latent_channels=4, spatial_compression=4, temporal_compression=4, patch_size=2, gaussian_stride=4,
-            hidden_size=32, pose_dim=16, num_layers=1, head_dim=16)
-
-
-def _save_lalrm(directory, **overrides):
-  config = LaLRMConfig(**dict(TINY, **overrides))
-  return checkpoints.save(directory, LaLRM(config, rngs=nnx.Rngs(0)), kind="lalrm", config=config.to_dict())
-
-
-def make_lalrm(tmp_path_factory):
-  return _save_lalrm(tmp_path_factory.mktemp("lalrm") / "model")
-
-
 def test_reconstruct_latents_returns_the_input_units(lalrm):
   model = checkpoints.load(lalrm)
   latents = jax.random.normal(jax.random.key(0), (1, 3, 8, 8, 4))
   cameras = make_trajectory("orbit", 9, width=64, height=64)
   scene, rebased, scale = reconstruct_latents(model, latents, cameras)
-  moved = test_camera_pipeline._moved(cameras, 3.0)  # another world frame, 3x the units
+  moved = moved_rigidly(cameras, 3.0)  # another world frame, 3x the units
   scene_moved, rebased_moved, scale_moved = reconstruct_latents(model, latents, moved)
   assert scene.num == 9 * 16 * 16 and (rebased.width, rebased.height) == (32, 32)
   np.testing.assert_allclose(scale_moved * 3, scale, rtol=1e-5)
@@ -80,7 +67,7 @@ def test_generate_writes_the_scene_videos_latents_and_report(tmp_path, converted
   # A non-empty --out needs --overwrite; an LaLRM that cannot read the VAE's latents fails before sampling.
   assert main(base + ["--out", str(out)]) == 2
   assert "--overwrite" in capsys.readouterr().err
-  wrong = _save_lalrm(tmp_path / "lalrm16", latent_channels=16)
+  wrong = save_lalrm(tmp_path / "lalrm16", latent_channels=16)
   bad = tmp_path / "bad"
   assert main(base[:5] + ["--lalrm", str(wrong)] + base[7:] + ["--out", str(bad)]) == 2
   err = capsys.readouterr().err

@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_directory
+from wonderland_jax.nn.abstract import abstract_build, cheap_tracer_errors
 from wonderland_jax.nn.partitioning import LogicalRules, default_sharding, param_sharding
 
 logger = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ def abstract_model(kind_or_build: str | ModelBuilder, config: dict) -> nnx.Modul
 
   Built with eager sharding off, so params annotated with `nnx.with_partitioning` need no mesh here."""
   build = _builder(kind_or_build)
-  with nnx.use_eager_sharding(False):
-    return nnx.eval_shape(lambda: build(config, nnx.Rngs(0)))
+  return abstract_build(lambda: build(config, nnx.Rngs(0)))
 
 
 def _other_state(build: ModelBuilder, config: dict, abstract: nnx.Module) -> nnx.State:
@@ -109,7 +109,8 @@ def _other_state(build: ModelBuilder, config: dict, abstract: nnx.Module) -> nnx
   def make():
     with nnx.use_eager_sharding(False):
       return nnx.split(build(config, nnx.Rngs(0)), nnx.Param, ...)[2]
-  return jax.jit(make)()
+  with cheap_tracer_errors():
+    return jax.jit(make)()
 
 
 def _as_param_state(abstract: nnx.Module, params: Any) -> nnx.State:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from tests.helpers.poses import colmap_images_txt
 from wonderland_jax.camera import (
   PoseSequence,
   make_trajectory,
@@ -175,18 +176,6 @@ CAMERAS_TXT = """# Camera list with one line of data per camera:
 1 PINHOLE 640 480 500.0 505.0 320.0 240.0
 2 SIMPLE_RADIAL 640 480 450.0 319.5 239.5 0.0
 """
-
-
-def colmap_images_txt(quaternions: np.ndarray, translations: np.ndarray) -> str:
-  header = ("# Image list with two lines of data per image:\n"
-            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n")
-  # Image 1 has 2D points, image 2 an empty POINTS2D line; names out of order; camera 2 for image 3.
-  records = [(1, quaternions[0], translations[0], 1, "frame_b.jpg", "100.5 200.25 -1 30.0 40.0 7"),
-             (2, quaternions[1], translations[1], 1, "frame_c.jpg", ""),
-             (3, quaternions[2], translations[2], 2, "frame_a.jpg", "1.0 2.0 -1")]
-  lines = [f"{image_id} {' '.join(map(repr, q.tolist()))} {' '.join(map(repr, t.tolist()))} {camera} {name}\n"
-           f"{points}" for image_id, q, t, camera, name, points in records]
-  return header + "\n".join(lines) + "\n"
 
 
 QUATERNIONS = np.array([[np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)],  # 90 degrees about z

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.convert import toy
+from tests.helpers import convert_toy as toy
 from wonderland_jax import checkpoints, convert
 from wonderland_jax.cli import main
 from wonderland_jax.errors import WonderlandError

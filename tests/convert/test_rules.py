@@ -8,7 +8,7 @@ import pytest
 import torch
 from flax import nnx
 
-from tests.convert import toy
+from tests.helpers import convert_toy as toy
 from wonderland_jax.checkpoints import abstract_model
 from wonderland_jax.convert import ConversionError, Rule, convert_state, open_source
 from wonderland_jax.convert.rules import apply_layout, layout_shape, parse_path

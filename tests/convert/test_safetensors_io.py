@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.convert import toy
+from tests.helpers import convert_toy as toy
 from wonderland_jax.convert.safetensors_io import open_source
 from wonderland_jax.errors import InputFileError
 

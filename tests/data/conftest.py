@@ -1,16 +1,12 @@
-"""Shared fixtures of the data tests: one tiny clip spec (one rasterizer compile) and a RealEstate10K-layout
+"""Shared fixtures of the data tests (their clip spec and sizes: tests/helpers/data.py): a RealEstate10K-layout
 synthetic dataset written once per session."""
 
 from __future__ import annotations
 
 import pytest
 
-from wonderland_jax.data import ClipSpec, write_synthetic_dataset
-
-HEIGHT, WIDTH = 32, 48
-SPEC = ClipSpec(num_frames=9, height=HEIGHT, width=WIDTH, stride=(1, 2), num_target_seen=2, num_target_unseen=2)
-NUM_DISK_SCENES = 3
-DISK_FRAMES = 24
+from tests.helpers.data import DISK_FRAMES, HEIGHT, NUM_DISK_SCENES, WIDTH
+from wonderland_jax.data import write_synthetic_dataset
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tests.data.conftest import HEIGHT, SPEC, WIDTH
+from tests.helpers.data import HEIGHT, SPEC, WIDTH
 from wonderland_jax.camera import normalize_poses
 from wonderland_jax.data import ClipSource, ClipSpec, crop_transform, resize_and_crop, sample_indices, scan_dataset
 from wonderland_jax.errors import InputFileError, WonderlandError

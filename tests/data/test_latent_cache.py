@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.data.conftest import HEIGHT, SPEC, WIDTH
+from tests.helpers.data import HEIGHT, SPEC, WIDTH
 from wonderland_jax import checkpoints
 from wonderland_jax.data import (
   LatentCache,

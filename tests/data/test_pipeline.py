@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.data.conftest import HEIGHT, WIDTH
+from tests.helpers.data import HEIGHT, WIDTH
 from wonderland_jax.data import (
   ClipSpec,
   SyntheticDataset,

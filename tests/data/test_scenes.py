@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tests.data.conftest import DISK_FRAMES, HEIGHT, NUM_DISK_SCENES, SPEC, WIDTH
+from tests.helpers.data import DISK_FRAMES, HEIGHT, NUM_DISK_SCENES, SPEC, WIDTH
 from wonderland_jax.data import (
   ClipSource,
   DataErrors,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.data.conftest import HEIGHT, SPEC, WIDTH
+from tests.helpers.data import HEIGHT, SPEC, WIDTH
 from wonderland_jax.data import SyntheticDataset, random_camera_path, random_scene, write_synthetic_dataset
 from wonderland_jax.errors import InputFileError, WonderlandError
 

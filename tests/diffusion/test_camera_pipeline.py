@@ -7,35 +7,20 @@ import types
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from flax import nnx
 
-from tests.models.test_camera_dit import _perturb
-from wonderland_jax import checkpoints
-from wonderland_jax.camera import Camera, PoseSequence, conditioning_rays, make_trajectory, write_realestate10k
+from tests.helpers.poses import moved_rigidly
+from wonderland_jax.camera import PoseSequence, conditioning_rays, make_trajectory, write_realestate10k
 from wonderland_jax.cli import main
 from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.io_utils import write_png
-from wonderland_jax.models import camera_dit
-from wonderland_jax.models.camera_dit import CameraConfig, CameraDiT
 from wonderland_jax.models.dit import DiTConfig
-
-
-def _moved(cameras: Camera, scale: float, seed: int = 0) -> Camera:
-  """The same trajectory in another world frame (a random rigid motion) and units (x scale)."""
-  rng = np.random.default_rng(seed)
-  rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-  world = np.eye(4)
-  world[:3, :3], world[:3, 3] = rotation * np.sign(np.linalg.det(rotation)), rng.normal(size=3)
-  c2w = world @ np.asarray(cameras.c2w, np.float64)
-  c2w[:, :3, 3] *= scale
-  return Camera.from_c2w(c2w.astype(np.float32), cameras.K, cameras.width, cameras.height)
 
 
 def test_rays_are_rebased_and_scale_normalised():
   cameras = make_trajectory("orbit", 5, width=16, height=12)  # starts at the identity; farthest camera ~2 away
-  expected = conditioning_rays(_moved(cameras, 0.5), 12, 16)
-  moved = conditioning_rays(_moved(cameras, 7.0, seed=1), 12, 16)
+  expected = conditioning_rays(moved_rigidly(cameras, 0.5), 12, 16)
+  moved = conditioning_rays(moved_rigidly(cameras, 7.0, seed=1), 12, 16)
   np.testing.assert_allclose(np.asarray(moved), np.asarray(expected), atol=2e-5)
   assert expected.shape == (5, 12, 16, 6)
   np.testing.assert_array_equal(np.asarray(expected[0, ..., :3]), 0)  # frame 0 at the origin: zero moment
@@ -60,15 +45,6 @@ def test_cogvideox_15_padding_frames_get_the_first_camera():
     pipe.generate(np.zeros((16, 16, 3)), "", cameras, num_frames=5, key=None)
 
 
-def make_branch(converted, tmp_path_factory):
-  """A camera branch with random weights on the converted pipeline's transformer (4x VAE: rays at 4x)."""
-  model = CameraDiT(checkpoints.load(converted / "transformer"),
-                    CameraConfig(controlnet_layers=1, lora_rank=2, encoder_channels=4, spatial_compression=4),
-                    rngs=nnx.Rngs(0))
-  _perturb(model, scale=0.2)
-  return camera_dit.save_branch(tmp_path_factory.mktemp("branch") / "model", model)
-
-
 def test_generate_video_follows_presets_and_pose_files(tmp_path, converted, branch, capsys):
   image = tmp_path / "first.png"
   write_png(image, np.random.default_rng(0).uniform(0, 1, (24, 20, 3)))
@@ -82,7 +58,7 @@ def test_generate_video_follows_presets_and_pose_files(tmp_path, converted, bran
   # The same orbit in another world frame and units, from a RealEstate10K file (its length sets the frames),
   # through merged adapters: the same video up to rounding. (That the cameras matter is test_camera_sampling's.)
   poses = tmp_path / "poses.txt"
-  write_realestate10k(poses, PoseSequence(_moved(make_trajectory("orbit", 9, width=32, height=32), 3.0),
+  write_realestate10k(poses, PoseSequence(moved_rigidly(make_trajectory("orbit", 9, width=32, height=32), 3.0),
                                           [str(i) for i in range(9)]))
   assert main(base + ["--trajectory", str(poses), "--merge-lora", "--out", str(tmp_path / "poses.mp4"),
                       "--latents", str(tmp_path / "poses.npz")]) == 0

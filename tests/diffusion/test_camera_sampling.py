@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.models.test_camera_dit import _perturb
+from tests.helpers.dit import perturb
 from wonderland_jax.camera import make_trajectory, plucker_rays
 from wonderland_jax.diffusion import SchedulerConfig
 from wonderland_jax.diffusion.sampling import sample_image_to_video
@@ -57,7 +57,7 @@ def test_zero_branches_sample_the_base_video_and_trained_ones_follow_the_cameras
   # The same maths (zero-linears, B = 0, [I; 0]) compiled into another program: equal up to float32 rounding,
   # which guidance (x6) amplifies; ~1e-6 of the largest value.
   np.testing.assert_allclose(orbit, plain, rtol=0, atol=5e-6 * np.abs(plain).max())
-  _perturb(model)
+  perturb(model)
   orbit = _sample(model, scheduler, plucker=_rays("orbit"))
   dolly = _sample(model, scheduler, plucker=_rays("dolly"))
   assert np.all(np.isfinite(orbit)) and np.abs(orbit - plain).max() > 1e-3

@@ -17,7 +17,7 @@ from diffusers import (
   CogVideoXTransformer3DModel,
 )
 
-from tests.diffusion.test_schedulers import SHIPPED
+from tests.helpers.schedulers import SHIPPED
 from wonderland_jax.diffusion import guidance as G
 from wonderland_jax.diffusion import schedulers as S
 from wonderland_jax.errors import WonderlandError

@@ -17,7 +17,7 @@ from diffusers import (
 )
 from diffusers.schedulers import scheduling_dpm_cogvideox
 
-from tests.reference_models import make_t5_tokenizer, randomize_norms
+from tests.helpers.reference_models import make_t5_tokenizer, randomize_norms
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import convert
 from wonderland_jax.diffusion import SchedulerConfig

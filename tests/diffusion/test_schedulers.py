@@ -10,28 +10,11 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
+from tests.helpers.schedulers import SHIPPED
 from wonderland_jax.diffusion import schedulers as S
 from wonderland_jax.errors import WonderlandError
 
 # scheduler/scheduler_config.json of THUDM/CogVideoX-5b-I2V (the DPM variant: the same fields, other class).
-SHIPPED = {
-    "_class_name": "CogVideoXDDIMScheduler",
-    "_diffusers_version": "0.31.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "clip_sample_range": 1.0,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "rescale_betas_zero_snr": True,
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": True,
-    "snr_shift_scale": 1.0,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-    "trained_betas": None,
-}
 VARIANTS = {
     "shipped": {},
     "leading": {"timestep_spacing": "leading", "steps_offset": 1},

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tests.camera.test_io import colmap_images_txt
+from tests.helpers.poses import colmap_images_txt
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.eval.camera_metrics import camera_errors, colmap_trajectory
 

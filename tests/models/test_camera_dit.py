@@ -10,8 +10,8 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 from flax import nnx
 
-from tests.models.test_dit import CONFIGS, _pipeline_rotary
-from tests.reference_models import all_equations, randomize_norms
+from tests.helpers.dit import CONFIGS, perturb, pipeline_rotary
+from tests.helpers.reference_models import all_equations, randomize_norms
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import convert
 from wonderland_jax.errors import InputFileError, WonderlandError
@@ -35,15 +35,6 @@ def _base(seed=0):
   return CogVideoXTransformer(DiTConfig.from_diffusers(BASE), rngs=nnx.Rngs(seed))
 
 
-def _perturb(model, seed=1, scale=0.05):
-  """Random values for every branch param (the zero inits make the branches invisible otherwise)."""
-  state = nnx.state(model, BRANCH)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  nnx.update(model, jax.tree.unflatten(treedef, [
-      leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]))
-
-
 @pytest.mark.parametrize("branches", ["dual", "controlnet", "lora"])
 def test_equals_the_converted_base_at_initialisation(tmp_path, branches):
   torch.manual_seed(0)
@@ -55,7 +46,7 @@ def test_equals_the_converted_base_at_initialisation(tmp_path, branches):
   with torch.no_grad():
     expected = reference(torch.from_numpy(np.moveaxis(np.asarray(latents), -1, 2).copy()),
                          torch.from_numpy(np.array(text)), torch.from_numpy(np.array(timestep)),
-                         image_rotary_emb=_pipeline_rotary(BASE, 3, 6, 8)).sample
+                         image_rotary_emb=pipeline_rotary(BASE, 3, 6, 8)).sample
   expected = np.moveaxis(expected.numpy(), 2, -1)
   base_out = np.asarray(base(latents, text, timestep))
   model = CameraDiT(base, CameraConfig(branches=branches, **CAMERA), rngs=nnx.Rngs(1))
@@ -67,7 +58,7 @@ def test_equals_the_converted_base_at_initialisation(tmp_path, branches):
                    "controlnet": {"control_encoder", "control_blocks", "control_out"},
                    "lora": {"base", "lora_encoder", "lora_proj"}}[branches]
   # Trained branches change the output, and the camera matters.
-  _perturb(model)
+  perturb(model)
   moved = np.asarray(model(latents, text, timestep, plucker))
   other_camera = np.asarray(model(latents, text, timestep, plucker[:, ::-1]))
   assert np.abs(moved - base_out).max() > 1e-3 and np.abs(moved - other_camera).max() > 1e-4
@@ -105,7 +96,7 @@ def test_lora_linear_against_the_formula():
 def test_merged_lora_gives_the_same_output(targets):
   model = CameraDiT(_base(), CameraConfig(branches="lora", lora_targets=targets, lora_alpha=8.0, **CAMERA),
                     rngs=nnx.Rngs(1))
-  _perturb(model)
+  perturb(model)
   inputs = _inputs()
   before = np.asarray(model(*inputs))
   num_adapters = len(jax.tree.leaves(nnx.state(model.base, nnx.LoRAParam)))
@@ -189,7 +180,7 @@ def test_branch_checkpoints_round_trip(tmp_path):
   base = _base()
   checkpoints.save(tmp_path / "base", base, kind="cogvideox_transformer", config=base.config.to_dict())
   model = CameraDiT(base, CameraConfig(**CAMERA), rngs=nnx.Rngs(1))
-  _perturb(model)
+  perturb(model)
   inputs = _inputs()
   expected = np.asarray(model(*inputs))
   camera_dit.save_branch(tmp_path / "branch", model)

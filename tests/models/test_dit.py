@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
-from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
 from flax import nnx
 
-from tests.reference_models import all_equations, randomize_norms
+from tests.helpers.dit import CONFIGS, pipeline_rotary
+from tests.helpers.reference_models import all_equations, randomize_norms
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import ConversionError, cogvideox_transformer, convert, convert_state, open_source
 from wonderland_jax.errors import WonderlandError
@@ -21,20 +20,6 @@ from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig, timestep_
 from wonderland_jax.nn.attention import dot_product_attention
 from wonderland_jax.nn.remat import REMAT_POLICIES
 
-BASE = dict(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=12,
-            text_embed_dim=20, num_layers=2, sample_width=8, sample_height=6, sample_frames=9, max_text_seq_length=7)
-CONFIGS = {
-    "5b_i2v_like": dict(BASE, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True),
-    "2b_like": dict(BASE, use_rotary_positional_embeddings=False),
-    "5b_like": dict(BASE, use_rotary_positional_embeddings=True, attention_bias=False),
-    # CogVideoX 1.5: (2, 2, 2) patches embedded by a linear (with a bias although patch_bias is False, as in
-    # diffusers), 'slice' rotary grids, no positional embedding; the I2V model adds the ofs embedding.
-    "1.5_t2v_like": dict(BASE, in_channels=4, patch_size_t=2, patch_bias=False,
-                         use_rotary_positional_embeddings=True),
-    "1.5_i2v_like": dict(BASE, patch_size_t=2, patch_bias=False, ofs_embed_dim=12,
-                         use_rotary_positional_embeddings=True),
-}
-
 
 def _converted(tmp_path, name):
   torch.manual_seed(0)
@@ -42,23 +27,6 @@ def _converted(tmp_path, name):
   reference.save_pretrained(tmp_path / "pipeline" / "transformer", max_shard_size="20KB")
   convert("transformer", tmp_path / "pipeline", tmp_path / "converted")
   return reference, checkpoints.load(tmp_path / "converted")
-
-
-def _pipeline_rotary(config, frames, height, width):
-  """What diffusers' CogVideoX pipelines pass as image_rotary_emb (latent sizes in, patch size 2): 'linspace'
-  grids over the crop region for 1.0, 'slice' grids of the sample size for 1.5 (patch_size_t)."""
-  if not config.get("use_rotary_positional_embeddings"):
-    return None
-  grid_height, grid_width = height // 2, width // 2
-  base_height, base_width = config["sample_height"] // 2, config["sample_width"] // 2
-  p_t = config.get("patch_size_t")
-  if p_t is not None:
-    return get_3d_rotary_pos_embed(embed_dim=config["attention_head_dim"], crops_coords=None,
-                                   grid_size=(grid_height, grid_width), temporal_size=(frames + p_t - 1) // p_t,
-                                   grid_type="slice", max_size=(base_height, base_width))
-  crops = get_resize_crop_region_for_grid((grid_height, grid_width), base_width, base_height)
-  return get_3d_rotary_pos_embed(embed_dim=config["attention_head_dim"], crops_coords=crops,
-                                 grid_size=(grid_height, grid_width), temporal_size=frames)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -83,7 +51,7 @@ def test_forward_matches_diffusers(tmp_path, name):
     with torch.no_grad():
       expected = reference(torch.from_numpy(np.moveaxis(latents, -1, 2).copy()), torch.from_numpy(text),
                            torch.from_numpy(timestep), ofs=None if ofs is None else torch.full((1,), ofs),
-                           image_rotary_emb=_pipeline_rotary(config, frames, height, width)).sample
+                           image_rotary_emb=pipeline_rotary(config, frames, height, width)).sample
     expected = np.moveaxis(expected.numpy(), 2, -1)
     got = np.asarray(ours(jnp.asarray(latents), jnp.asarray(text), jnp.asarray(timestep),
                           ofs=None if ofs is None else jnp.full((1,), ofs)))

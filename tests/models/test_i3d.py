@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from flax import nnx
 from torch import nn
 
-from tests.reference_models import assert_close_relative as _assert_close
+from tests.helpers.reference_models import assert_close_relative as _assert_close
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.eval.features import frechet_video_distance, fvd_features, fvd_statistics
 from wonderland_jax.eval.frechet import feature_statistics, frechet_distance

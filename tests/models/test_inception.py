@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from flax import nnx
 from torch import nn
 
-from tests.reference_models import assert_close_relative as _max_error
+from tests.helpers.reference_models import assert_close_relative as _max_error
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.eval.features import fid_features, fid_statistics
 from wonderland_jax.eval.frechet import feature_statistics, frechet_distance

@@ -14,7 +14,7 @@ import torch
 import transformers
 from flax import nnx
 
-from tests.reference_models import make_t5_tokenizer, randomize_norms, save_reference
+from tests.helpers.reference_models import make_t5_tokenizer, randomize_norms, save_reference
 from wonderland_jax import checkpoints
 from wonderland_jax.convert import ConversionError, convert_state, open_source
 from wonderland_jax.convert import t5 as t5_convert

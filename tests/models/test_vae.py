@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from flax import nnx
 
-from tests.reference_models import randomize_norms, save_reference
+from tests.helpers.reference_models import randomize_norms, save_reference
 from wonderland_jax import checkpoints
 from wonderland_jax.cli import main
 from wonderland_jax.convert import ConversionError, convert

@@ -17,7 +17,7 @@ import torch
 from flax import nnx
 from torch import nn
 
-from tests.reference_models import assert_close_relative as _assert_close
+from tests.helpers.reference_models import assert_close_relative as _assert_close
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models.vgg import (
   LPIPS_TAPS,

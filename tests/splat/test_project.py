@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.splat import reference
-from tests.splat.test_rasterize import random_camera, to_gaussians
+from tests.helpers import splat_reference as reference
+from tests.helpers.gaussians import random_camera, to_gaussians
 from wonderland_jax.splat.project import covariance_3d, project, quat_to_rotmat
 
 

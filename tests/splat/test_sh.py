@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tests.splat import reference
+from tests.helpers import splat_reference as reference
 from wonderland_jax.splat.sh import safe_normalize, sh_basis, view_dependent_colors
 
 

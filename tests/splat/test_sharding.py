@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tests.splat import reference
-from tests.splat.test_rasterize import to_gaussians
+from tests.helpers import splat_reference as reference
+from tests.helpers.gaussians import to_gaussians
 from wonderland_jax.camera import make_trajectory
 from wonderland_jax.splat import capacity_for, count_intersections, rasterize
 

@@ -1,8 +1,8 @@
 import jax.numpy as jnp
 import numpy as np
 
-from tests.splat import reference
-from tests.splat.test_rasterize import random_camera, to_gaussians
+from tests.helpers import splat_reference as reference
+from tests.helpers.gaussians import random_camera, to_gaussians
 from wonderland_jax.splat.project import project
 from wonderland_jax.splat.tiles import count_pairs, intersect_tiles
 

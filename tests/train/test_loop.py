@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.train import toy
+from tests.helpers import train_toy as toy
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.train.loop import train
 

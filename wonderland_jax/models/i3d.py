@@ -54,6 +54,7 @@ from flax import nnx
 from wonderland_jax.convert.rules import Rule
 from wonderland_jax.convert.state_dict import check_keys, load_into, open_weights
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.nn.abstract import abstract_build
 from wonderland_jax.nn.batch_norm import FrozenBatchNorm
 
 RESOLUTION = 224
@@ -344,7 +345,7 @@ def load_i3d(path: str | os.PathLike, *, bn_eps: float = BN_EPS["videogpt"], dty
   mis-shaped key raises `InputFileError` naming the file and listing them all."""
   source = open_weights(path)
   num_classes = source.shape("logits.conv3d.bias")[0] if "logits.conv3d.bias" in source.keys() else NUM_CLASSES
-  model = nnx.eval_shape(lambda: I3D(num_classes, bn_eps=bn_eps, dtype=dtype, precision=precision,
+  model = abstract_build(lambda: I3D(num_classes, bn_eps=bn_eps, dtype=dtype, precision=precision,
                                      rngs=nnx.Rngs(0)))
   check_keys(source, model.torch_shapes(), model.ignored_keys(), "piergiaj InceptionI3d")
   load_into(model, source, I3D_RULES, jnp.float32)

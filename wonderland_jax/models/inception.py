@@ -36,6 +36,7 @@ from flax import nnx
 from wonderland_jax.convert.rules import Rule
 from wonderland_jax.convert.state_dict import check_keys, load_into, open_weights
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.nn.abstract import abstract_build
 from wonderland_jax.nn.batch_norm import FrozenBatchNorm
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -338,7 +339,7 @@ def load_fid_inception(path: str | os.PathLike, *, dtype: Any = None,
   a torch state_dict, read with weights_only) or the same keys in .safetensors. Params are float32; `dtype` /
   `precision`: see `FIDInception`. Nothing is downloaded. A missing, unexpected or mis-shaped key raises one
   `InputFileError` naming the file and listing them all; `AuxLogits.*` keys are ignored."""
-  model = nnx.eval_shape(lambda: FIDInception(dtype=dtype, precision=precision, rngs=nnx.Rngs(0)))
+  model = abstract_build(lambda: FIDInception(dtype=dtype, precision=precision, rngs=nnx.Rngs(0)))
   source = open_weights(path)
   check_keys(source, _expected_keys(model, source), IGNORED_PREFIXES, "pytorch-fid FID Inception", _hint(source))
   load_into(model, source, INCEPTION_RULES, jnp.float32)

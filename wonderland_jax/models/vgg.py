@@ -30,6 +30,7 @@ from flax import nnx
 from wonderland_jax.convert.rules import Rule
 from wonderland_jax.convert.state_dict import check_keys, load_into, open_weights
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.nn.abstract import abstract_build
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -400,7 +401,7 @@ def load_vgg(path: str | os.PathLike, variant: str = "vgg19", *, dtype: Any = No
   """A `VGG` ('vgg16' or 'vgg19') from a torchvision state_dict file (`vgg19-dcbb9e9d.pth`, or the same keys in
   .safetensors). Params are float32; `dtype` / `precision`: see `FeatureStack`. The classifier's keys are
   ignored; a missing, unexpected or mis-shaped `features.*` key raises `InputFileError` listing them all."""
-  model = nnx.eval_shape(lambda: VGG(variant, dtype=dtype, precision=precision, rngs=nnx.Rngs(0)))
+  model = abstract_build(lambda: VGG(variant, dtype=dtype, precision=precision, rngs=nnx.Rngs(0)))
   source = open_weights(path)
   check_keys(source, model.torch_shapes(), IGNORED_KEYS["vgg"], f"torchvision {variant}",
              _variant_hint(source, variant))
@@ -415,7 +416,7 @@ def load_lpips(backbone_path: str | os.PathLike, heads_path: str | os.PathLike, 
   (1, C, 1, 1)), each a .pth state_dict or .safetensors. Convolutions run at full float32 precision by default
   (a metric should not change with the backend's matmul precision). `InputFileError` names the file and keys
   at fault."""
-  model = nnx.eval_shape(lambda: LPIPS(net, precision=precision, rngs=nnx.Rngs(0)))
+  model = abstract_build(lambda: LPIPS(net, precision=precision, rngs=nnx.Rngs(0)))
   backbone = open_weights(backbone_path)
   what = "torchvision vgg16" if net == "vgg" else "torchvision alexnet"
   check_keys(backbone, model.net.torch_shapes(), IGNORED_KEYS["vgg"], what,

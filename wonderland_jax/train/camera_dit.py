@@ -47,6 +47,7 @@ from wonderland_jax.models import camera_dit
 from wonderland_jax.models.camera_dit import BRANCH, CameraConfig, CameraDiT
 from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig
 from wonderland_jax.models.vae import load_vae
+from wonderland_jax.nn.abstract import abstract_build
 from wonderland_jax.train.config import pose_normalization
 from wonderland_jax.train.loop import Task
 
@@ -106,7 +107,7 @@ def load_base(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> CogVideoXTra
     raise InputFileError(f"{directory / 'transformer'}: not a CogVideoX transformer checkpoint")
   if overrides:
     model_config = DiTConfig.from_diffusers(base.config.to_dict(), **overrides)
-    model = nnx.eval_shape(lambda: CogVideoXTransformer(model_config, rngs=nnx.Rngs(0)))
+    model = abstract_build(lambda: CogVideoXTransformer(model_config, rngs=nnx.Rngs(0)))
     nnx.update(model, nnx.state(base))
     base = model
   return base

@@ -58,6 +58,7 @@ from flax import nnx
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.io_utils import write_json
 from wonderland_jax.nn import partitioning
+from wonderland_jax.nn.abstract import abstract_build
 from wonderland_jax.parallel.mesh import make_mesh
 from wonderland_jax.progress import StepProgress
 from wonderland_jax.train.metrics import MetricWriter, ScalarAverager
@@ -233,7 +234,7 @@ def setup(task: Task, config: ml_collections.ConfigDict, *, abstract: bool = Fal
   and the other variables by `rules` (default `nn.partitioning.DEFAULT_RULES`)."""
   build = lambda: task.build_model(config, nnx.Rngs(int(config.seed)))
   if abstract:
-    model = nnx.eval_shape(build)
+    model = abstract_build(build)
   elif mesh is not None:  # params born sharded, checkpoints restored onto the mesh
     with partitioning.building_on(mesh, partitioning.DEFAULT_RULES if rules is None else rules):
       model = build()
