@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec
 
 from tests.helpers import convert_toy as toy
 from wonderland_jax import checkpoints
-from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.errors import InputFileError, OutputError, WonderlandError
 
 TOY_CONFIG = toy.config_from_source(toy.SOURCE_CONFIG)
 checkpoints.register_model("toy_test", toy.build)
@@ -110,9 +110,9 @@ def test_a_failed_save_leaves_nothing_and_keeps_the_old_checkpoint(tmp_path, mon
   model = toy.build(TOY_CONFIG, nnx.Rngs(0))
   checkpoints.save(tmp_path / "old", model, kind="toy_test", config=TOY_CONFIG)
   monkeypatch.setattr(checkpoints.ocp, "StandardCheckpointer", FailingCheckpointer)
-  with pytest.raises(OSError, match="disk full"):
+  with pytest.raises(OutputError, match="disk full"):
     checkpoints.save(tmp_path / "new", model, kind="toy_test", config=TOY_CONFIG)
-  with pytest.raises(OSError, match="disk full"):
+  with pytest.raises(OutputError, match="disk full"):
     checkpoints.save(tmp_path / "old", toy.build(TOY_CONFIG, nnx.Rngs(1)), kind="toy_test", config=TOY_CONFIG,
                      overwrite=True)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]

@@ -13,6 +13,7 @@ from wonderland_jax import checkpoints
 from wonderland_jax.camera import make_trajectory
 from wonderland_jax.cli import main
 from wonderland_jax.io_utils import write_png
+from wonderland_jax.outputs import MANIFEST
 from wonderland_jax.reconstruct import reconstruct_latents
 from wonderland_jax.splat import load_ply
 
@@ -41,7 +42,7 @@ def test_generate_writes_the_scene_videos_latents_and_report(tmp_path, converted
   assert main(base + ["--out", str(out)]) == 0
   assert str(out) in capsys.readouterr().out
   assert sorted(p.name for p in out.iterdir()) == sorted(
-      ["scene.ply", "flythrough.mp4", "novel_orbit.mp4", "latents.npz", "report.json"])
+      ["scene.ply", "flythrough.mp4", "novel_orbit.mp4", "latents.npz", "report.json", MANIFEST])
   scene = load_ply(out / "scene.ply")
   assert scene.num == 9 * 16 * 16  # the LaLRM's map: one Gaussian per 2x2 pixels of every frame
   for name in ("flythrough.mp4", "novel_orbit.mp4"):

@@ -37,9 +37,9 @@ from flax.core import spmd
 from jax.sharding import NamedSharding, PartitionSpec
 
 from wonderland_jax.errors import InputFileError, WonderlandError
-from wonderland_jax.io_utils import atomic_directory
 from wonderland_jax.nn.abstract import abstract_build, cheap_tracer_errors
 from wonderland_jax.nn.partitioning import LogicalRules, default_sharding, param_sharding
+from wonderland_jax.outputs import atomic_directory, check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +226,7 @@ def check_output(directory: str | os.PathLike, overwrite: bool = False) -> None:
   """Raises `WonderlandError` unless `save(directory, ..., overwrite=overwrite)` could write there; for
   tools that want to fail before doing any work."""
   _check_replaceable(Path(directory), overwrite)
+  check_writable(Path(directory).parent)
 
 
 def save(directory: str | os.PathLike, model_or_params: Any, *, kind: str, config: dict, overwrite: bool = False,
@@ -256,7 +257,7 @@ def save(directory: str | os.PathLike, model_or_params: Any, *, kind: str, confi
   if jax.process_count() > 1:
     _save_multiprocess(directory, params, description)
   else:
-    with atomic_directory(directory) as staging:
+    with atomic_directory(directory, manifest=False) as staging:  # wonderland_model.json marks it as ours
       with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(staging.absolute() / PARAMS_DIR, params)  # Orbax wants absolute paths
       (staging / MODEL_JSON).write_text(description + "\n", encoding="utf-8")
@@ -337,8 +338,17 @@ def _restore(directory: Path, target: dict) -> dict:
     return checkpointer.restore(directory.absolute() / PARAMS_DIR, target)
 
 
+def _check_kind(directory: Path, found: str, kind: str | Sequence[str] | None) -> None:
+  """Raises `InputFileError` when the checkpoint's kind is not the one (or one of those) a command needs."""
+  if kind is None:
+    return
+  wanted = (kind,) if isinstance(kind, str) else tuple(kind)
+  if found not in wanted:
+    raise InputFileError(f"{directory}: a {found!r} checkpoint; expected {' or '.join(map(repr, wanted))}")
+
+
 def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
-         rules: LogicalRules | None = None) -> nnx.Module:
+         rules: LogicalRules | None = None, kind: str | Sequence[str] | None = None) -> nnx.Module:
   """Rebuilds the model saved in `directory` and restores its params straight into their target placement.
 
   Args:
@@ -347,6 +357,7 @@ def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
       (`nnx.with_partitioning(init, ('embed', 'mlp'))`) are sharded by `rules`, everything else replicated.
     rules: (logical name, mesh axis or tuple of axes or None) pairs, e.g. [('mlp', 'tensor')]; default none
       (replicate everything).
+    kind: the model kind (or kinds) the caller needs; another kind is an `InputFileError` naming both.
 
   Params keep the dtype they were saved in. Non-Param variables (RNG streams, ...) come from the model's
   constructor (seed 0), replicated over the mesh. Raises `InputFileError` for a missing / malformed
@@ -357,9 +368,16 @@ def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
   if mesh is None and not jax.sharding.get_mesh().empty:  # inside `parallel.building_on(mesh, rules)`
     mesh = jax.sharding.get_mesh()
     rules = rules if rules is not None else spmd.get_logical_axis_rules()
+  wanted = kind
   kind, config, _ = read_description(directory)
+  _check_kind(directory, kind, wanted)
   build = model_builder(kind)
-  abstract = abstract_model(build, config)
+  try:
+    abstract = abstract_model(build, config)
+  except InputFileError:
+    raise
+  except WonderlandError as error:  # a config the model refuses (bad sizes, ...)
+    raise InputFileError(f"{directory / MODEL_JSON}: {error}") from None
   graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
   leaves = dict(nnx.to_flat_state(abstract_params))
   stored = _stored_arrays(directory)

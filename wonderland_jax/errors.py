@@ -16,3 +16,7 @@ class InputFileError(WonderlandError):
 
 class CapacityError(WonderlandError):
   """A static buffer (e.g. the rasterizer's Gaussian-tile pair list) is too small for the input."""
+
+
+class OutputError(WonderlandError):
+  """An output cannot be written: an unwritable or full location, a foreign directory, a failed encoder."""

@@ -1,8 +1,10 @@
 """Atomic output helpers (JSON, video, PNG) and image reading, used by every writer in the project.
 
-Every writer goes through `atomic_path`: the data is written to a hidden temporary file next to the
-target and moved onto it with `os.replace` only once writing succeeded, so a crash or an exception
-never leaves a half-written file at the target (and an older file there survives untouched).
+Every writer goes through `outputs.atomic_path`: the data is written to a hidden staging file next to the
+target and moved onto it with `os.replace` only once writing succeeded (and, for videos, the file was read
+back), so a crash, a full disk or a failed encoder never leaves a half-written file at the target (and an
+older file there survives untouched). `atomic_directory`, `atomic_path` and `check_output_directory` are
+re-exported from `outputs`.
 
 Image conventions: arrays are (H, W, 3) RGB, either uint8 or floating point in [0, 1]; floats are
 clipped to [0, 1] and rounded to uint8 on writing. `read_image` returns float32 in [0, 1].
@@ -15,11 +17,8 @@ import itertools
 import json
 import logging
 import os
-import secrets
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,71 +26,15 @@ import imageio.v2 as iio2
 import imageio.v3 as iio3
 import numpy as np
 
-from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.errors import InputFileError, OutputError, WonderlandError
+from wonderland_jax.outputs import atomic_directory, atomic_path, check_output_directory, storage_reason
+
+__all__ = ["atomic_directory", "atomic_path", "check_output_directory", "read_image", "to_uint8", "write_json",
+           "write_png", "write_png_dir", "write_png_sequence", "write_video"]
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".gif")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-  """Yields a temporary path to write instead of `path`; moves it onto `path` on success.
-
-  The temporary lives in the same directory (so the final `os.replace` is atomic) and keeps the
-  suffix of `path`, e.g. `out/.scene.ply.tmp-1a2b3c4d5e6f.ply`, so writers that pick a format
-  from the extension still see the right one. It is not created in advance: the caller's writer
-  creates it (with the usual permissions). The parent directory of `path` is created if needed.
-  If the body raises, the temporary is removed and `path` is left as it was. No fsync is done:
-  this protects against crashes of the process, not against power loss.
-  """
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}{path.suffix}")
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-  """Yields a fresh hidden staging directory next to `path` to fill instead of `path`; on success it replaces
-  `path` (an existing directory there is moved aside first and deleted only once the new one is in place,
-  and put back if the swap fails). On an exception the staging directory is removed and `path` is untouched.
-  Callers decide beforehand whether replacing what is at `path` is allowed."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-  umask = os.umask(0)
-  os.umask(umask)
-  staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the result should be an ordinary directory
-  old = None
-  try:
-    yield staging
-    if path.exists():
-      old = path.with_name(f".{path.name}.old-{secrets.token_hex(6)}")
-      os.replace(path, old)
-    os.replace(staging, path)
-  except BaseException:
-    if old is not None and not path.exists():
-      os.replace(old, path)  # put the previous directory back
-      old = None
-    raise
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-
-
-def check_output_directory(path: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> None:
-  """Raises `WonderlandError` naming `flag` when `path` exists and is not an empty directory, unless `overwrite`
-  (then `atomic_directory` replaces it whole)."""
-  path = Path(path)
-  if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
-    hint = "; pass --overwrite to replace it" if flag == "--out" else ""
-    raise WonderlandError(f"{flag} {path}: exists and is not an empty directory{hint}")
 
 
 def _json_default(value: Any) -> Any:
@@ -160,23 +103,41 @@ def write_video(path: str | os.PathLike, frames: Iterable[Any], fps: float = 30.
 
   count = 0
   with atomic_path(path) as tmp:
-    if ext == ".mp4":
-      if shape[0] % 2 or shape[1] % 2:
-        logger.info("%s: padding odd frame size %dx%d to even for yuv420p", path, shape[0], shape[1])
-      # closing(): imageio's v2 writer does not close on error, which would leave ffmpeg writing
-      # the temporary after atomic_path removed it.
-      writer = iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                               pixelformat="yuv420p", macro_block_size=1)
-      # ffmpeg starts with the first frame, by fork+exec: JAX's warning about forking does not apply.
-      with contextlib.closing(writer), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-        for count, frame in enumerate(itertools.chain([first], map(checked, iterator)), 1):
-          writer.append_data(_pad_to_even(frame))
-    else:
-      with iio3.imopen(tmp, "w", plugin="pillow") as writer:
-        for count, frame in enumerate(itertools.chain([first], map(checked, iterator)), 1):
-          writer.write(frame, is_batch=False, duration=1000.0 / fps, loop=0)
-  logger.info("wrote %d frames to %s", count, path)
+    try:
+      if ext == ".mp4":
+        count = _write_mp4(tmp, path, first, iterator, checked, fps, shape)
+      else:
+        with iio3.imopen(tmp, "w", plugin="pillow") as writer:
+          for count, frame in enumerate(itertools.chain([first], map(checked, iterator)), 1):
+            writer.write(frame, is_batch=False, duration=1000.0 / fps, loop=0)
+    except (OSError, RuntimeError) as error:  # the encoder failed (disk full, killed ffmpeg, ...)
+      raise OutputError(f"{path}: writing the video failed: {storage_reason(error)}") from error
+  logger.debug("wrote %d frames to %s", count, path)
+
+
+def _write_mp4(tmp, path: Path, first: np.ndarray, iterator, checked, fps: float, shape) -> int:
+  """Encodes to `tmp` with ffmpeg and reads the result back: a video with fewer frames than were written (a full
+  disk, a failed encoder whose exit status imageio does not report) is an `OutputError`, not a success."""
+  import imageio_ffmpeg  # noqa: PLC0415 (imageio's ffmpeg backend; only for .mp4)
+  if shape[0] % 2 or shape[1] % 2:
+    logger.info("%s: padding odd frame size %dx%d to even for yuv420p", path, shape[0], shape[1])
+  # closing(): imageio's v2 writer does not close on error, which would leave ffmpeg writing the staging file.
+  writer = iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
+                           macro_block_size=1, ffmpeg_log_level="error")
+  count = 0
+  # ffmpeg starts with the first frame, by fork+exec: JAX's warning about forking does not apply.
+  with contextlib.closing(writer), warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    for count, frame in enumerate(itertools.chain([first], map(checked, iterator)), 1):
+      writer.append_data(_pad_to_even(frame))
+  try:
+    encoded, _ = imageio_ffmpeg.count_frames_and_secs(str(tmp))
+  except (OSError, RuntimeError) as error:
+    logger.debug("reading back %s: %s", tmp, error)
+    raise OutputError(f"{path}: the encoded video cannot be read back; is the disk full?") from error
+  if encoded != count:
+    raise OutputError(f"{path}: the encoder wrote {encoded} of {count} frames; is the disk full?")
+  return count
 
 
 def write_png(path: str | os.PathLike, image: Any) -> None:
@@ -206,7 +167,7 @@ def write_png_dir(directory: str | os.PathLike, frames: Iterable[Any]) -> list[P
   directory = Path(directory)
   if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
     raise InputFileError(f"{directory}: exists and is not an empty directory")
-  with atomic_directory(directory) as staging:
+  with atomic_directory(directory, manifest=False) as staging:
     names = [path.name for path in write_png_sequence(staging, frames)]
   return [directory / name for name in names]
 

@@ -157,33 +157,33 @@ def reconstruct_files(model: str | os.PathLike, video: str | os.PathLike, camera
   from wonderland_jax.camera.io import read_pose_file  # noqa: PLC0415
   from wonderland_jax.diffusion.pipeline import resize_image  # noqa: PLC0415
   from wonderland_jax.io_utils import VIDEO_EXTENSIONS, write_video  # noqa: PLC0415
+  from wonderland_jax.outputs import Outputs  # noqa: PLC0415
   from wonderland_jax.splat.flythrough import render_frames  # noqa: PLC0415
   from wonderland_jax.splat.ply import save_ply  # noqa: PLC0415
-  if Path(out).suffix.lower() != ".ply":
-    raise WonderlandError(f"--out {out}: the scene is written as a .ply file")
-  if render is not None and Path(render).suffix.lower() not in VIDEO_EXTENSIONS:
-    raise WonderlandError(f"--render {render}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
-  lalrm = checkpoints.load(model)
-  vae_directory = Path(vae) if vae else default_vae_directory(model)
-  if not vae_directory.is_dir():
-    raise WonderlandError(f"--vae: {vae_directory} not found; pass the VAE the LaLRM was trained with")
-  vae_model = checkpoints.load(vae_directory)
-  check_vae(lalrm.config, vae_model.config, str(model), str(vae_directory))
-  frames = read_frames(video)
-  height, width = frames.shape[1:3]
-  if size:
-    width, height = size
-    frames = np.stack([resize_image(frame, height, width) for frame in frames])
-  poses = read_pose_file(cameras, width=width, height=height)
-  if len(poses) != len(frames):
-    raise WonderlandError(f"--cameras {cameras} has {len(poses)} poses but --video {video} has "
-                          f"{len(frames)} frames")
-  scale_mode, scale_target = checkpoints.pose_normalization(model)
-  gaussians, rebased = reconstruct(lalrm, vae_model, frames, poses.cameras, scale_mode=scale_mode,
-                                   scale_target=scale_target)
-  save_ply(out, gaussians)
-  logger.info("wrote %s (%d Gaussians)", out, gaussians.num)
-  if render:
-    write_video(render, list(render_frames(gaussians, rebased, desc="rendering the input path")), fps=fps)
-    logger.info("wrote %s (the input cameras, re-rendered)", render)
+  with Outputs() as outputs:  # both outputs checked now, written together at the end or not at all
+    ply = outputs.file(out, flag="--out", suffixes=(".ply",))
+    video_out = None if render is None else outputs.file(render, flag="--render", suffixes=VIDEO_EXTENSIONS)
+    lalrm = checkpoints.load(model, kind="lalrm")
+    vae_directory = Path(vae) if vae else default_vae_directory(model)
+    if not vae_directory.is_dir():
+      raise WonderlandError(f"--vae: {vae_directory} not found; pass the VAE the LaLRM was trained with")
+    vae_model = checkpoints.load(vae_directory, kind="cogvideox_vae")
+    check_vae(lalrm.config, vae_model.config, str(model), str(vae_directory))
+    frames = read_frames(video)
+    height, width = frames.shape[1:3]
+    if size:
+      width, height = size
+      frames = np.stack([resize_image(frame, height, width) for frame in frames])
+    poses = read_pose_file(cameras, width=width, height=height)
+    if len(poses) != len(frames):
+      raise WonderlandError(f"--cameras {cameras} has {len(poses)} poses but --video {video} has "
+                            f"{len(frames)} frames")
+    scale_mode, scale_target = checkpoints.pose_normalization(model)
+    gaussians, rebased = reconstruct(lalrm, vae_model, frames, poses.cameras, scale_mode=scale_mode,
+                                     scale_target=scale_target)
+    save_ply(ply, gaussians)
+    if video_out is not None:
+      write_video(video_out, list(render_frames(gaussians, rebased, desc="rendering the input path")), fps=fps)
+  logger.info("%s: %d Gaussians%s", out, gaussians.num, "" if render is None else f"; {render}: the input cameras "
+              "re-rendered")
   return gaussians

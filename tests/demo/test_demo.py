@@ -10,6 +10,7 @@ import numpy as np
 
 from wonderland_jax.cli import main
 from wonderland_jax.demo import NOVEL_FRAMES, OUTPUTS, RENDER_SCALE, weights_directory
+from wonderland_jax.outputs import MANIFEST
 from wonderland_jax.splat import load_ply
 
 
@@ -19,7 +20,7 @@ def test_demo_runs_the_pipeline_on_the_shipped_weights(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert str(out) in printed and "wonderland convert cogvideox --src" in printed
   assert "wonderland generate --model" in printed
-  assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+  assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, MANIFEST])
   scene = load_ply(out / "scene.ply")
   assert scene.num == 9 * 16 * 16  # the tiny LaLRM: one Gaussian per 2x2 pixels of each of the 9 frames
   assert np.all(np.isfinite(np.asarray(scene.means)))

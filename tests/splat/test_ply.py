@@ -7,7 +7,7 @@ import numpy as np
 import plyfile
 import pytest
 
-from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.errors import InputFileError, OutputError, WonderlandError
 from wonderland_jax.splat import Gaussians, load_ply, save_ply
 from wonderland_jax.splat.ply import SH_C0
 
@@ -160,7 +160,7 @@ def test_failing_write_keeps_old_file_and_leaves_no_temporary(tmp_path, monkeypa
     raise OSError("disk full")
 
   monkeypatch.setattr(plyfile.PlyData, "write", fail)
-  with pytest.raises(OSError, match="disk full"):
+  with pytest.raises(OutputError, match="disk full"):
     save_ply(path, _random_gaussians(5, 3, seed=2))
   assert path.read_bytes() == b"old"
   assert [p.name for p in tmp_path.iterdir()] == ["scene.ply"]

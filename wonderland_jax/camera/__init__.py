@@ -1,7 +1,7 @@
 """Cameras: the `Camera` pytree, Plücker rays, pose re-basing / normalisation and the conditioning rays models
 read, trajectories and pose-file readers."""
 
-from wonderland_jax.camera.camera import Camera, intrinsics_matrix, rigid_inverse
+from wonderland_jax.camera.camera import Camera, check_cameras, intrinsics_matrix, rigid_inverse
 from wonderland_jax.camera.io import (
   PoseSequence,
   read_colmap,

@@ -92,6 +92,22 @@ class Camera:
     return cls.from_c2w(c2w, K, width, height)
 
 
+def check_cameras(cameras: Camera, where: str) -> Camera:
+  """Raises `WonderlandError` '{where}: ...' unless every camera is finite with positive focal lengths (a NaN pose
+  or fx = 0 would render a blank image without an error). Returns `cameras`."""
+  viewmat, K = np.asarray(cameras.viewmat, np.float64), np.asarray(cameras.K, np.float64)
+  bad = ~(np.isfinite(viewmat).all(axis=(-2, -1)) & np.isfinite(K).all(axis=(-2, -1)))
+  if bad.any():
+    frames = np.flatnonzero(bad.reshape(-1))
+    raise WonderlandError(f"{where}: non-finite camera values (NaN or inf) in camera(s) {frames[:10].tolist()}")
+  focal = np.stack([K[..., 0, 0], K[..., 1, 1]], -1).reshape(-1, 2)
+  if (focal <= 0).any():
+    index = int(np.flatnonzero((focal <= 0).any(-1))[0])
+    raise WonderlandError(f"{where}: camera {index} has focal lengths fx={focal[index, 0]:g}, fy={focal[index, 1]:g}; "
+                          "both must be positive")
+  return cameras
+
+
 def intrinsics_matrix(fx, fy, cx, cy) -> jax.Array:
   """(..., 3, 3) pixel intrinsics from focal lengths and principal point (broadcasting)."""
   fx, fy, cx, cy = jnp.broadcast_arrays(*(jnp.asarray(v, dtype=jnp.result_type(float)) for v in (fx, fy, cx, cy)))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wonderland_jax.camera.camera import Camera, rigid_inverse
+from wonderland_jax.camera.camera import Camera, check_cameras, rigid_inverse
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_path
 
@@ -231,6 +231,17 @@ def _colmap_sequence(colmap_cameras: dict, images: list[tuple[str, int, np.ndarr
 
 
 def read_pose_file(path, width: int | None = None, height: int | None = None) -> PoseSequence:
+  """Reads any supported pose file (`_read_pose_file`) and checks its cameras: finite, positive focal lengths
+  (`InputFileError` naming the file otherwise)."""
+  poses = _read_pose_file(path, width, height)
+  try:
+    check_cameras(poses.cameras, str(path))
+  except WonderlandError as error:
+    raise InputFileError(str(error)) from None
+  return poses
+
+
+def _read_pose_file(path, width: int | None = None, height: int | None = None) -> PoseSequence:
   """Reads any supported pose file, choosing the reader from the path.
 
   * a directory with transforms.json, or a *.json file -> `read_nerfstudio`;

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from wonderland_jax.camera.camera import Camera
+from wonderland_jax.camera.camera import Camera, check_cameras
 from wonderland_jax.camera.poses import as_pose_array, rebase_to_first
 from wonderland_jax.errors import WonderlandError
 
@@ -139,7 +139,13 @@ def make_trajectory(name: str, num_frames: int, **kwargs) -> Camera:
   if unknown:
     raise WonderlandError(f"trajectory {name!r}: unknown parameter(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(valid)}")
-  return preset(num_frames, **kwargs)
+  for key, value in kwargs.items():
+    if isinstance(value, (int, float)) and not np.isfinite(value):
+      raise WonderlandError(f"trajectory {name!r}: {key}={value} is not a finite number")
+  fov = kwargs.get("fov_deg")
+  if fov is not None and not 0 < fov < 180:
+    raise WonderlandError(f"trajectory {name!r}: fov_deg={fov} must be in (0, 180) degrees")
+  return check_cameras(preset(num_frames, **kwargs), f"trajectory {name!r}")
 
 
 def _cameras(motions: np.ndarray, start_c2w=None, K=None, width: int = DEFAULT_WIDTH,

@@ -20,13 +20,16 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.convert.rules import ConversionError, ConversionReport, Rule, convert_state
 from wonderland_jax.convert.safetensors_io import TensorSource, describe, open_source
 from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.outputs import check_free_space
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +93,15 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwr
   source = open_source(src, converter.subfolder)
   try:
     config = converter.config_from_source(source.config)
+  except InputFileError:
+    raise
+  except WonderlandError as e:  # a field the model refuses
+    raise InputFileError(f"{source.config_path}: {e}") from None
   except (KeyError, TypeError, ValueError) as e:
     raise InputFileError(f"{source.config_path}: cannot make a {name} config from it: {e!r}") from e
   abstract = checkpoints.abstract_model(converter.build, config)
+  size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  check_free_space(out, 1.05 * size * np.dtype(dtype).itemsize)  # before minutes of reading
   rules = converter.rules(config) if callable(converter.rules) else converter.rules
   state, report = convert_state(source, rules, abstract, dtype=dtype, progress_desc=f"convert {name}")
   metadata = {"converter": name, "source": describe(source), "report": report.to_json()}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_directory, write_json
+from wonderland_jax.outputs import check_writable
 
 PIPELINE_JSON = "wonderland_pipeline.json"
 MODEL_COMPONENTS = ("transformer", "vae", "text_encoder")
@@ -44,7 +45,8 @@ def convert_pipeline(src: str | os.PathLike, out: str | os.PathLike, *, componen
     if any(out.iterdir()) and not (out / PIPELINE_JSON).is_file():
       raise WonderlandError(
           f"{out}: exists and is not a converted pipeline (no {PIPELINE_JSON}); refusing to replace it")
-  with atomic_directory(out) as staging:
+  check_writable(out.parent)
+  with atomic_directory(out, manifest=False) as staging:  # wonderland_pipeline.json marks it as ours
     reports = {}
     for name in components:
       if name in MODEL_COMPONENTS:

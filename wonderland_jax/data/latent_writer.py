@@ -37,6 +37,7 @@ from wonderland_jax.data.pipeline import data_config, make_clip_source
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_directory, to_uint8, write_json
 from wonderland_jax.models.vae import encode_frames
+from wonderland_jax.outputs import check_output_directory
 from wonderland_jax.progress import progress as show_progress
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def prepare_latents(dataset_spec: Mapping[str, Any] | Any, vae, out_dir: str | o
     raise WonderlandError(f"image_codec must be one of {IMAGE_CODECS}, got {image_codec!r}")
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
     raise WonderlandError(f"{out_dir}: exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+  check_output_directory(out_dir, overwrite=True)  # replaces only a cache this project wrote; parent writable
   is_spec = hasattr(dataset_spec, "items")  # a dict or ConfigDict, not a built source
   source = make_clip_source(dataset_spec) if is_spec else dataset_spec
   if not hasattr(source, "clip"):

@@ -26,6 +26,7 @@ from wonderland_jax.data.clips import ClipSpec, clip_rng, sample_clip
 from wonderland_jax.data.scenes import Scene
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_directory, write_png, write_video
+from wonderland_jax.outputs import check_output_directory
 from wonderland_jax.progress import progress
 from wonderland_jax.splat import Gaussians, capacity_for, rasterize
 
@@ -189,6 +190,7 @@ def write_synthetic_dataset(root: str | os.PathLike, num_scenes: int, *, seed: i
   root = Path(root)
   if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
     raise InputFileError(f"{root}: exists and is not an empty folder (pass overwrite=True to replace it)")
+  check_output_directory(root, overwrite=True, flag="dataset root")  # replaces only a dataset written here
   names = [f"synthetic{index:05d}" for index in range(num_scenes)]
   timestamps = np.rint(np.arange(num_frames) * 1e6 / VIDEO_FPS).astype(np.int64)
   with atomic_directory(root) as staging:

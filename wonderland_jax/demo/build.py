@@ -101,7 +101,7 @@ def write_pipeline(out: str | Path, vae_directory: str | Path, transformer_confi
   if transformer.config.in_channels != 2 * vae_config["latent_channels"]:
     raise WonderlandError(f"the transformer takes {transformer.config.in_channels} channels; the VAE of "
                           f"{vae_directory} has {vae_config['latent_channels']} latent channels (I2V needs twice)")
-  with atomic_directory(out) as staging:
+  with atomic_directory(out, manifest=False) as staging:  # MANIFEST.json / the pipeline json mark it
     checkpoints.save(staging / "transformer", transformer, kind="cogvideox_transformer",
                      config=transformer.config.to_dict())
     shutil.copytree(vae_directory, staging / "vae")
@@ -239,7 +239,7 @@ def build(workdir: str | Path, out: str | Path, *, vae_workdir: str | Path | Non
                     "untrained_psnr": untrained["lalrm"]["psnr"]},
       },
   }
-  with atomic_directory(out) as staging:
+  with atomic_directory(out, manifest=False) as staging:  # MANIFEST.json / the pipeline json mark it
     shutil.copytree(pipeline_dir, staging / "pipeline", ignore=shutil.ignore_patterns("transformer"))
     shutil.copytree(camera_dir / "base_transformer", staging / "pipeline" / "transformer")
     shutil.copytree(camera_dir / "model", staging / "branch")

@@ -50,8 +50,9 @@ class VideoPipeline:
       scheduler = SchedulerConfig.from_diffusers(json.loads(scheduler_json.read_text()))
     except FileNotFoundError:
       raise InputFileError(f"{scheduler_json}: not found") from None
-    return cls(transformer=checkpoints.load(directory / "transformer"), vae=checkpoints.load(directory / "vae"),
-               text_encoder=checkpoints.load(directory / "text_encoder"),
+    return cls(transformer=checkpoints.load(directory / "transformer", kind="cogvideox_transformer"),
+               vae=checkpoints.load(directory / "vae", kind="cogvideox_vae"),
+               text_encoder=checkpoints.load(directory / "text_encoder", kind="t5_encoder"),
                tokenizer=T5Tokenizer.from_folder(directory / "tokenizer"), scheduler=scheduler)
 
   @property

@@ -19,6 +19,7 @@ frames. `tiled=True` adds diffusers' spatial tiling with overlap blending.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -28,7 +29,7 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.checkpoints import register_model
-from wonderland_jax.errors import InputFileError, WonderlandError
+from wonderland_jax.errors import WonderlandError
 from wonderland_jax.models.common import config_values
 from wonderland_jax.nn.partitioning import axes, param_init_context
 
@@ -63,20 +64,44 @@ class VAEConfig:
   dtype: str = "float32"  # compute dtype of the convolutions (params stay float32; norms run in float32)
 
   @classmethod
-  def from_diffusers(cls, config: dict, **overrides) -> VAEConfig:
-    """From a diffusers config.json dict (private `_...` keys ignored; unknown keys are an error)."""
+  def from_diffusers(cls, config: dict, *, where: str = "VAE config", **overrides) -> VAEConfig:
+    """From a diffusers config.json dict (private `_...` keys ignored; unknown keys are an error); `where` names
+    the config in error messages (a file, a flag)."""
     values = config_values(cls, config, "VAE", **overrides)
     for name in ("down_block_types", "up_block_types", "block_out_channels", "latents_mean", "latents_std"):
-      if values.get(name) is not None:
+      if isinstance(values.get(name), (list, tuple)):
         values[name] = tuple(values[name])
     config = cls(**values)
-    config.validate()
+    config.validate(where)
     return config
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
-  def validate(self) -> None:
+  def validate(self, where: str = "VAE config") -> None:
+    """Raises `WonderlandError` '{where}: FIELD ...' for a config no model can be built from."""
+    def positive_int(name: str, value) -> None:
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WonderlandError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+    for name in ("in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups",
+                 "sample_height", "sample_width"):
+      positive_int(name, getattr(self, name))
+    if not isinstance(self.block_out_channels, tuple) or not self.block_out_channels:
+      raise WonderlandError(f"{where}: block_out_channels must be a non-empty list, got {self.block_out_channels!r}")
+    for channels in self.block_out_channels:
+      positive_int("block_out_channels", channels)
+      if channels % self.norm_num_groups:
+        raise WonderlandError(f"{where}: norm_num_groups={self.norm_num_groups} does not divide block_out_channels "
+                              f"{list(self.block_out_channels)}")
+    for name in ("norm_eps", "scaling_factor"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise WonderlandError(f"{where}: {name} must be a positive number, got {value!r}")
+    ratio = self.temporal_compression_ratio
+    if (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1 or int(ratio) != ratio
+        or int(ratio) & (int(ratio) - 1)):
+      raise WonderlandError(f"{where}: temporal_compression_ratio must be a power of two, got {ratio!r}")
     if any(t != "CogVideoXDownBlock3D" for t in self.down_block_types):
       raise WonderlandError(
           f"VAE config: down_block_types must all be CogVideoXDownBlock3D, got {self.down_block_types}")
@@ -589,13 +614,11 @@ def load_vae(settings) -> CogVideoXVAE:
   """The frozen VAE a training config's `vae` block names: a converted checkpoint (`checkpoint`), or one made
   from `random_config` and `seed` (the tiny configs: random but fixed weights, identical in every run)."""
   if settings.get("checkpoint"):
-    vae = checkpoints.load(settings["checkpoint"])
-    if not isinstance(vae, CogVideoXVAE):
-      raise InputFileError(f"{settings['checkpoint']}: not a CogVideoX VAE checkpoint")
-    return vae
+    return checkpoints.load(settings["checkpoint"], kind="cogvideox_vae")
   random_config = settings["random_config"]
   random_config = random_config.to_dict() if hasattr(random_config, "to_dict") else dict(random_config)
-  return CogVideoXVAE(VAEConfig.from_diffusers(random_config), rngs=nnx.Rngs(int(settings["seed"])))
+  return CogVideoXVAE(VAEConfig.from_diffusers(random_config, where="--config.vae.random_config"),
+                      rngs=nnx.Rngs(int(settings["seed"])))
 
 
 def build(config: dict, rngs: nnx.Rngs) -> CogVideoXVAE:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wonderland_jax.errors import WonderlandError
 
@@ -57,6 +58,27 @@ class Gaussians:
         raise WonderlandError(f"Gaussians.sh must have shape ({n}, K, 3) with K in (3, 8, 15), got {self.sh.shape}")
       if self.colors.shape[1] != 3:
         raise WonderlandError(f"Gaussians with sh need RGB colors (N, 3), got {self.colors.shape}")
+    return self
+
+  def check_values(self, where: str) -> Gaussians:
+    """Raises `WonderlandError` '{where}: ...' unless the scene is non-empty and renderable: every value finite,
+    scales > 0, opacities in [0, 1] (NaN means would frame and render a black video without an error)."""
+    if self.num == 0:
+      raise WonderlandError(f"{where}: the scene has no Gaussians")
+    for name in ("means", "quats", "scales", "opacities", "colors", "sh"):
+      value = getattr(self, name)
+      if value is None:
+        continue
+      finite = np.isfinite(np.asarray(value)).reshape(self.num, -1).all(-1)
+      if not finite.all():
+        raise WonderlandError(f"{where}: {int((~finite).sum())} of {self.num} Gaussians have non-finite {name} "
+                              f"(the first: Gaussian {int(np.flatnonzero(~finite)[0])})")
+    if (np.asarray(self.scales) <= 0).any():
+      raise WonderlandError(f"{where}: scales must be positive")
+    opacities = np.asarray(self.opacities)
+    if ((opacities < 0) | (opacities > 1)).any():
+      raise WonderlandError(f"{where}: opacities must be in [0, 1], got values in [{opacities.min():g}, "
+                            f"{opacities.max():g}]")
     return self
 
   def __getitem__(self, index) -> Gaussians:

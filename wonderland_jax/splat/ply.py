@@ -60,7 +60,7 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
     g.means,
     np.zeros((n, 3)),
     (g.colors - 0.5) / SH_C0,
-    sh.transpose(0, 2, 1).reshape(n, -1),
+    sh.transpose(0, 2, 1).reshape(n, 3 * sh.shape[1]),
     (np.log(opacity) - np.log1p(-opacity))[:, None],
     np.log(np.maximum(g.scales, MIN_SCALE)),
     g.quats,
@@ -75,7 +75,7 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
   data = plyfile.PlyData([plyfile.PlyElement.describe(vertices, "vertex")], text=False, byte_order="<")
   with atomic_path(path) as tmp:
     data.write(str(tmp))
-  logger.info("wrote %d Gaussians (sh degree %d) to %s", n, gaussians.sh_degree, path)
+  logger.debug("wrote %d Gaussians (sh degree %d) to %s", n, gaussians.sh_degree, path)
 
 
 def load_ply(path: str | os.PathLike) -> Gaussians:
@@ -115,11 +115,15 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
   sh = None
   if k:
     sh = jnp.asarray(stack([name for _, name in rest]).reshape(n, 3, k).transpose(0, 2, 1), jnp.float32)
-  return Gaussians(
+  gaussians = Gaussians(
     means=jnp.asarray(stack(["x", "y", "z"]), jnp.float32),
     quats=jnp.asarray(stack(["rot_0", "rot_1", "rot_2", "rot_3"]), jnp.float32),
-    scales=jnp.asarray(np.exp(stack(["scale_0", "scale_1", "scale_2"])), jnp.float32),
+    scales=jnp.asarray(np.maximum(np.exp(stack(["scale_0", "scale_1", "scale_2"])), MIN_SCALE), jnp.float32),
     opacities=jnp.asarray(0.5 * (1.0 + np.tanh(0.5 * opacity)), jnp.float32),  # overflow-free sigmoid
     colors=jnp.asarray(0.5 + SH_C0 * stack(["f_dc_0", "f_dc_1", "f_dc_2"]), jnp.float32),
     sh=sh,
   )
+  try:
+    return gaussians.check_values(str(path))
+  except WonderlandError as error:
+    raise InputFileError(str(error)) from None

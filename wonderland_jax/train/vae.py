@@ -30,7 +30,7 @@ logger = logging.getLogger("wonderland_jax")
 
 
 def build_vae(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> CogVideoXVAE:
-  return CogVideoXVAE(VAEConfig.from_diffusers(config.model.to_dict()), rngs=rngs)
+  return CogVideoXVAE(VAEConfig.from_diffusers(config.model.to_dict(), where="--config.model"), rngs=rngs)
 
 
 def vae_loss(vae: CogVideoXVAE, batch: dict, key: jax.Array, *, config: ml_collections.ConfigDict):
