@@ -24,21 +24,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from wonderland_jax import convert
+from wonderland_jax import convert, flags
 from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
 from wonderland_jax.convert.pipeline import COMPONENTS, convert_pipeline
 from wonderland_jax.demo import run_demo
 from wonderland_jax.diffusion.pipeline import VideoPipeline, resize_image
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval import command as eval_command
-from wonderland_jax.io_utils import (
-  VIDEO_EXTENSIONS,
-  atomic_path,
-  check_output_directory,
-  read_image,
-  write_png_dir,
-  write_video,
-)
+from wonderland_jax.io_utils import VIDEO_EXTENSIONS, read_image, write_png_sequence, write_video
+from wonderland_jax.outputs import Outputs, check_output_directory, check_output_file
 from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 
@@ -47,78 +41,43 @@ logger = logging.getLogger("wonderland_jax")
 DEFAULT_VIDEO_FRAMES = 49  # CogVideoX-5B-I2V's: 13 latent frames
 
 
-def _size(text: str) -> tuple[int, int]:
-  try:
-    width, height = (int(v) for v in text.lower().split("x"))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--size must look like 512x288 (WIDTHxHEIGHT), got {text!r}") from None
-  if width <= 0 or height <= 0:
-    raise argparse.ArgumentTypeError(f"--size must be positive, got {text!r}")
-  return width, height
-
-
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return value
-
-
-def _parameter(text: str) -> tuple[str, float]:
-  key, sep, value = text.partition("=")
-  try:
-    return key.strip().replace("-", "_"), float(value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--param must look like degrees=180, got {text!r}") from None
-
-
-def _color(text: str) -> tuple[float, ...]:
-  try:
-    return tuple(float(v) for v in text.split(","))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--background must look like 1,1,1, got {text!r}") from None
-
-
 def _render(args: argparse.Namespace) -> None:
   if args.out is None and args.png_dir is None:
     raise WonderlandError("render: give --out VIDEO.mp4 and/or --png-dir DIR")
-  if args.out is not None and Path(args.out).suffix.lower() not in VIDEO_EXTENSIONS:
-    raise WonderlandError(f"--out {args.out}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
-  gaussians = load_ply(args.ply)
-  width, height = args.size or (512, 512)
-  if args.trajectory in PRESETS:
-    parameters = dict(args.param or [])
-    if args.start == "identity":
-      cameras = make_trajectory(args.trajectory, args.frames, width=width, height=height, fov_deg=args.fov,
-                                **parameters)
-    else:
-      cameras = fitted_trajectory(gaussians, args.trajectory, args.frames, width, height, fov_deg=args.fov,
+  with Outputs() as outputs:  # both checked before any rendering; both land or neither does
+    video = None if args.out is None else outputs.file(args.out, flag="--out", suffixes=VIDEO_EXTENSIONS)
+    pngs = None if args.png_dir is None else outputs.directory(args.png_dir, flag="--png-dir", manifest=False)
+    gaussians = load_ply(args.ply)
+    width, height = args.size or (512, 512)
+    if args.trajectory in PRESETS:
+      parameters = dict(args.param or [])
+      if args.start == "identity":
+        cameras = make_trajectory(args.trajectory, args.frames, width=width, height=height, fov_deg=args.fov,
                                   **parameters)
-  else:
-    _check_trajectory(args.trajectory)
-    cameras = read_pose_file(args.trajectory, *(args.size or (None, None))).cameras
-    if args.frames < len(cameras):
-      cameras = cameras[np.linspace(0, len(cameras) - 1, args.frames).round().astype(int)]
-  background = None if args.background is None else np.asarray(args.background, np.float32)
-  if background is not None and background.shape != (gaussians.colors.shape[1],):
-    raise WonderlandError(f"--background needs {gaussians.colors.shape[1]} values, got {len(background)}")
-  frames = list(render_frames(gaussians, cameras, background=background))
-  if args.out is not None:
-    write_video(args.out, frames, fps=args.fps)
-    logger.info("wrote %s (%d frames, %dx%d)", args.out, len(frames), cameras.width, cameras.height)
-  if args.png_dir is not None:
-    write_png_dir(args.png_dir, frames)
-    logger.info("wrote %d frames to %s", len(frames), args.png_dir)
+      else:
+        cameras = fitted_trajectory(gaussians, args.trajectory, args.frames, width, height, fov_deg=args.fov,
+                                    **parameters)
+    else:
+      _check_trajectory(args.trajectory)
+      cameras = read_pose_file(args.trajectory, *(args.size or (None, None))).cameras
+      if args.frames < len(cameras):
+        cameras = cameras[np.linspace(0, len(cameras) - 1, args.frames).round().astype(int)]
+    background = None if args.background is None else np.asarray(args.background, np.float32)
+    if background is not None and background.shape != (gaussians.colors.shape[1],):
+      raise WonderlandError(f"--background needs {gaussians.colors.shape[1]} values, got {len(background)}")
+    frames = list(render_frames(gaussians, cameras, background=background))
+    if video is not None:
+      write_video(video, frames, fps=args.fps)
+    if pngs is not None:
+      write_png_sequence(pngs, frames)
+  logger.info("rendered %d frames, %dx%d", len(frames), cameras.width, cameras.height)
 
 
-def _load_for_video(args: argparse.Namespace, load):
-  """`sample` / `generate-video`: checks --out, then `_load_with_image`."""
-  if Path(args.out).suffix.lower() not in VIDEO_EXTENSIONS:
-    raise WonderlandError(f"--out {args.out}: unsupported video extension; use one of {VIDEO_EXTENSIONS}")
-  return _load_with_image(args, load)
+def _video_outputs(outputs: Outputs, args: argparse.Namespace) -> tuple:
+  """`sample` / `generate-video`: stages --out (a video) and --latents (an .npz, when given), checked up front."""
+  video = outputs.file(args.out, flag="--out", suffixes=VIDEO_EXTENSIONS)
+  latents = None if not args.latents else outputs.file(args.latents, flag="--latents", suffixes=(".npz",))
+  return video, latents
 
 
 def _load_with_image(args: argparse.Namespace, load):
@@ -136,20 +95,22 @@ def _sampling_options(args: argparse.Namespace, num_frames: int) -> dict:
               guidance_scale=args.guidance, use_dynamic_cfg=args.dynamic_cfg, key=jax.random.key(args.seed))
 
 
-def _write_video_outputs(args: argparse.Namespace, latents, frames: np.ndarray) -> None:
-  """--out (the frames) and --latents (an .npz with `latents`, when given)."""
-  write_video(args.out, frames, fps=args.fps)
-  if args.latents:
-    with atomic_path(args.latents) as temporary:
-      np.savez(temporary, latents=np.asarray(latents))
-  logger.info("wrote %s (%d frames, %dx%d)", args.out, len(frames), frames.shape[2], frames.shape[1])
+def _write_video_outputs(staged: tuple, args: argparse.Namespace, latents, frames: np.ndarray) -> None:
+  """Writes the frames and the latents to the staging paths of `_video_outputs` (committed by `Outputs`)."""
+  video, latents_path = staged
+  write_video(video, frames, fps=args.fps)
+  if latents_path is not None:
+    np.savez(latents_path, latents=np.asarray(latents))
+  logger.info("%d frames, %dx%d", len(frames), frames.shape[2], frames.shape[1])
 
 
 def _sample(args: argparse.Namespace) -> None:
-  pipe, image = _load_for_video(args, lambda: VideoPipeline.load(args.model))
-  pipe.check(args.frames, *image.shape[:2])
-  latents, frames = pipe.generate(image, args.prompt, **_sampling_options(args, args.frames))
-  _write_video_outputs(args, latents, frames)
+  with Outputs() as outputs:
+    staged = _video_outputs(outputs, args)
+    pipe, image = _load_with_image(args, lambda: VideoPipeline.load(args.model))
+    pipe.check(args.frames, *image.shape[:2])
+    latents, frames = pipe.generate(image, args.prompt, **_sampling_options(args, args.frames))
+    _write_video_outputs(staged, args, latents, frames)
 
 
 def _video_trajectory(args: argparse.Namespace, width: int, height: int):
@@ -177,11 +138,13 @@ def _check_trajectory(trajectory: str) -> None:
 def _generate_video(args: argparse.Namespace) -> None:
   from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline  # noqa: PLC0415 (keeps the CLI light)
   _check_trajectory(args.trajectory)
-  pipe, image = _load_for_video(
-      args, lambda: CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora))
-  cameras = _video_trajectory(args, image.shape[1], image.shape[0])
-  latents, frames = pipe.generate(image, args.prompt, cameras, **_sampling_options(args, len(cameras)))
-  _write_video_outputs(args, latents, frames)
+  with Outputs() as outputs:
+    staged = _video_outputs(outputs, args)
+    pipe, image = _load_with_image(
+        args, lambda: CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora))
+    cameras = _video_trajectory(args, image.shape[1], image.shape[0])
+    latents, frames = pipe.generate(image, args.prompt, cameras, **_sampling_options(args, len(cameras)))
+    _write_video_outputs(staged, args, latents, frames)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -235,16 +198,20 @@ def _convert(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
   from wonderland_jax.parallel import initialize  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415 (keeps `wonderland render` light)
-  from wonderland_jax.train.loop import train  # noqa: PLC0415
+  from wonderland_jax.train.loop import check_config, train  # noqa: PLC0415
   from wonderland_jax.train.tasks import make_task  # noqa: PLC0415
-  initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+  from wonderland_jax.train.workdir import check_workdir  # noqa: PLC0415
+  check_workdir(args.workdir)
   config = load_config(args.config, args.overrides)
+  check_config(config)
+  initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
   task = make_task(args.model, config)
-  result = train(task, config, args.workdir)
-  if result.status == "preempted":
-    logger.info("stopped at step %d; run the same command again to resume", result.step)
-  else:
-    logger.info("trained %d steps; model in %s", result.step, Path(args.workdir) / "model")
+  result = train(task, config, args.workdir, force=args.force)
+  if result.status != "finished":
+    logger.info("stopped at step %d (%s); run the same command again to resume", result.step, result.status)
+    return EXIT_PREEMPTED if result.status == "preempted" else EXIT_INTERRUPTED
+  logger.info("trained %d steps; model in %s", result.step, Path(args.workdir) / "model")
+  return 0
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -255,8 +222,8 @@ def _plan(args: argparse.Namespace) -> None:
     raise WonderlandError(f"--mesh {args.mesh}: give every axis size (a plan has no devices to fill in)")
   if args.accelerator not in ACCELERATORS:
     raise WonderlandError(f"--accelerator {args.accelerator!r}: one of {sorted(ACCELERATORS)}")
-  if not 0 < args.mfu <= 1:
-    raise WonderlandError(f"--mfu {args.mfu}: a fraction in (0, 1]")
+  if args.json:
+    check_output_file(args.json, flag="--json", suffixes=(".json",))
   devices = int(np.prod(list(sizes.values())) * np.prod(list(dcn.values())))
   if os.environ.get(_PLAN_CHILD) != str(devices):
     # The fake devices must exist before JAX starts its CPU backend: plan in a fresh process.
@@ -287,8 +254,9 @@ def _plan(args: argparse.Namespace) -> None:
                    "or rematerialise more", plan.peak_bytes / 2 ** 30, accelerator.name,
                    accelerator.memory_bytes / 2 ** 30)
   if args.json:
-    with atomic_path(args.json) as temporary:
-      Path(temporary).write_text(json.dumps(plan.to_dict(accelerator, args.mfu), indent=2) + "\n")
+    with Outputs() as outputs:
+      outputs.file(args.json, flag="--json").write_text(json.dumps(plan.to_dict(accelerator, args.mfu), indent=2)
+                                                         + "\n")
 
 
 _PLAN_CHILD = "WONDERLAND_PLAN_DEVICES"
@@ -321,11 +289,11 @@ def _add_camera_flags(parser: argparse.ArgumentParser) -> None:
                            "per frame: RealEstate10K .txt, nerfstudio transforms.json, COLMAP text model dir. "
                            "Re-based on the first camera and scale-normalised as in training")
   parser.add_argument("--prompt", default="", help="text prompt (default empty)")
-  parser.add_argument("--frames", type=_positive_int, default=None,
+  parser.add_argument("--frames", type=flags.positive_int, default=None,
                       help=f"video frames, 1 + 4k (default: {DEFAULT_VIDEO_FRAMES} for presets, the pose "
                            "file's length for pose files, which must equal it)")
-  parser.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of presets, degrees")
-  parser.add_argument("--param", type=_parameter, action="append", metavar="KEY=VALUE",
+  parser.add_argument("--fov", type=flags.fov, default=60.0, help="horizontal field of view of presets, degrees")
+  parser.add_argument("--param", type=flags.parameter, action="append", metavar="KEY=VALUE",
                       help="preset parameter, repeatable (e.g. degrees=90, radius=2, distance=1)")
   parser.add_argument("--merge-lora", action="store_true",
                       help="fold the branch's LoRA adapters into the base weights (faster; same output up to "
@@ -344,16 +312,16 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`")
   parser.add_argument("--image", required=True, help="the first frame (PNG/JPEG); resized to --size")
   parser.add_argument("--negative-prompt", default="")
-  parser.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's, 720x480)")
-  parser.add_argument("--steps", type=_positive_int, default=50, help="sampling steps")
-  parser.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale (1 = off)")
+  parser.add_argument("--size", type=flags.size, default=None, help="WIDTHxHEIGHT (default: the model's, 720x480)")
+  parser.add_argument("--steps", type=flags.positive_int, default=50, help="sampling steps")
+  parser.add_argument("--guidance", type=flags.finite, default=6.0, help="classifier-free guidance scale (1 = off)")
   parser.add_argument("--dynamic-cfg", action="store_true", help="the pipeline's cosine-shaped dynamic guidance")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--fps", type=float, default=8.0)
+  parser.add_argument("--fps", type=flags.positive, default=8.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="wonderland", description=__doc__.split("\n\n")[0])
+  parser = _Parser(prog="wonderland", description=__doc__.split("\n\n")[0])
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
   commands = parser.add_subparsers(dest="command", required=True)
 
@@ -362,24 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
   render.add_argument("--trajectory", default="orbit",
                       help="a preset (orbit, dolly, zoom-out, pan-left, pan-right, spiral) or a pose file: "
                            "RealEstate10K .txt (needs --size), nerfstudio transforms.json, COLMAP text model dir")
-  render.add_argument("--frames", type=_positive_int, default=60,
+  render.add_argument("--frames", type=flags.positive_int, default=60,
                       help="number of frames (pose files: evenly subsampled)")
-  render.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default 512x512 for presets)")
-  render.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of presets, degrees")
+  render.add_argument("--size", type=flags.size, default=None, help="WIDTHxHEIGHT (default 512x512 for presets)")
+  render.add_argument("--fov", type=flags.fov, default=60.0, help="horizontal field of view of presets, degrees")
   render.add_argument("--start", choices=("auto", "identity"), default="auto",
                       help="presets start from a camera framing the scene (auto) or from the identity pose, "
                            "the input view of scenes made by `wonderland generate` (identity)")
-  render.add_argument("--param", type=_parameter, action="append", metavar="KEY=VALUE",
+  render.add_argument("--param", type=flags.parameter, action="append", metavar="KEY=VALUE",
                       help="preset parameter, repeatable (e.g. degrees=180, radius=2, distance=1)")
-  render.add_argument("--background", type=_color, default=None, help="background colour, e.g. 1,1,1")
-  render.add_argument("--fps", type=float, default=24.0)
+  render.add_argument("--background", type=flags.color, default=None, help="background colour, e.g. 1,1,1")
+  render.add_argument("--fps", type=flags.positive, default=24.0)
   render.add_argument("--out", default=None, help="output video (.mp4 or .gif)")
   render.add_argument("--png-dir", default=None, help="output directory of frame_00000.png, ...")
   render.set_defaults(run=_render)
 
   sample = commands.add_parser("sample", help="image-to-video with a converted CogVideoX pipeline")
   sample.add_argument("--prompt", required=True)
-  sample.add_argument("--frames", type=_positive_int, default=DEFAULT_VIDEO_FRAMES, help="video frames, 1 + 4k")
+  sample.add_argument("--frames", type=flags.positive_int, default=DEFAULT_VIDEO_FRAMES, help="video frames, 1 + 4k")
   _add_video_flags(sample)
   sample.set_defaults(run=_sample)
 
@@ -409,13 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "tiny models shipped with the package, from a held-out synthetic scene's first frame and camera "
                    "path; writes scene.ply, videos and a report (PSNR against the scene's ground truth)")
   demo.add_argument("--out", default="wonderland_demo", help="output directory (written whole or not at all)")
-  demo.add_argument("--steps", type=_positive_int, default=DEMO_STEPS, help="sampling steps")
+  demo.add_argument("--steps", type=flags.positive_int, default=DEMO_STEPS, help="sampling steps")
   demo.add_argument("--seed", type=int, default=0, help="sampling seed")
   demo.add_argument("--scene", type=int, default=0, help="which held-out synthetic scene")
   demo.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
   demo.set_defaults(run=_demo)
 
-  eval_command.add_parser(commands, _positive_int, _size, _eval)
+  eval_command.add_parser(commands, _eval)
 
   converting = commands.add_parser("convert", help="import a public diffusers checkpoint (safetensors) into a "
                                                    "wonderland checkpoint (Orbax params + model config)")
@@ -446,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "without it; see docs/parallel.md)")
   training.add_argument("--num-processes", type=int, default=None, help="with --coordinator: number of processes")
   training.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process's index")
+  training.add_argument("--force", action="store_true",
+                        help="take over the workdir's lock (wonderland.lock) even if its run looks alive")
   training.set_defaults(run=_train, accepts_overrides=True)
 
   planning = commands.add_parser(
@@ -460,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which model the config trains (default: from the config's sections)")
   planning.add_argument("--accelerator", default="h100", help="device for the memory check and step time: "
                         "h100, h200, a100, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e")
-  planning.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step time")
+  planning.add_argument("--mfu", type=flags.fraction, default=0.4, help="model FLOPs utilisation for the step time")
   planning.add_argument("--json", default=None, help="also write the plan as JSON to this file")
   planning.add_argument("--extrapolate", default="", metavar="N,M",
                         help="compile N- and M-block versions of the model and extend the figures linearly to the "
@@ -474,10 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(synthetic, or --config.data.source=scenes with "
                                                        "--config.data.format/--config.data.root), its vae.* the VAE")
   latents.add_argument("--out", required=True, help="the cache directory (must not exist unless --overwrite)")
-  latents.add_argument("--num-clips", type=_positive_int, required=True,
+  latents.add_argument("--num-clips", type=flags.positive_int, required=True,
                        help="clips to write (scenes are visited in a seeded order, once per pass)")
-  latents.add_argument("--shard-size", type=_positive_int, default=256, help="clips per shard")
-  latents.add_argument("--batch-size", type=_positive_int, default=1, help="clips per VAE call")
+  latents.add_argument("--shard-size", type=flags.positive_int, default=256, help="clips per shard")
+  latents.add_argument("--batch-size", type=flags.positive_int, default=1, help="clips per VAE call")
   latents.add_argument("--seed", type=int, default=0, help="scene order and clip sampling")
   latents.add_argument("--image-codec", choices=("png", "raw"), default="png", help="how target images are stored")
   latents.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
@@ -491,21 +461,36 @@ def build_parser() -> argparse.ArgumentParser:
   recon.add_argument("--video", required=True, help="a video file or a directory of frames (1 + 4k frames)")
   recon.add_argument("--cameras", required=True, help="pose file, one camera per frame: RealEstate10K .txt, "
                                                       "nerfstudio transforms.json or a COLMAP text model")
-  recon.add_argument("--size", type=_size, default=None, help="resize frames to WIDTHxHEIGHT first")
+  recon.add_argument("--size", type=flags.size, default=None, help="resize frames to WIDTHxHEIGHT first")
   recon.add_argument("--out", required=True, help="output .ply")
   recon.add_argument("--render", default=None, help="also render the input camera path to this video")
-  recon.add_argument("--fps", type=float, default=8.0)
+  recon.add_argument("--fps", type=flags.positive, default=8.0)
   recon.set_defaults(run=_reconstruct)
   return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = build_parser()
-  args, extra = parser.parse_known_args(argv)
-  if extra and not getattr(args, "accepts_overrides", False):
-    parser.error(f"unrecognized arguments: {' '.join(extra)}")
-  args.overrides = extra
-  args.argv = list(sys.argv[1:] if argv is None else argv)
+EXIT_PREEMPTED = 75  # saved and stopped for a SIGTERM: requeue the job (EX_TEMPFAIL; launch/ scripts do)
+EXIT_INTERRUPTED = 130  # saved and stopped for Ctrl-C
+MESSAGE_LINES = 2  # an error is at most this many lines (without -v)
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors: 'wonderland CMD: error: MESSAGE (see wonderland CMD --help)', exit 2."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _short(message: str, verbose: bool) -> str:
+  lines = str(message).strip().splitlines() or [""]
+  if verbose or len(lines) <= MESSAGE_LINES:
+    return "\n".join(lines)
+  return "\n".join(lines[:MESSAGE_LINES]) + f" ({len(lines) - MESSAGE_LINES} more lines with -v)"
+
+
+def _quiet_libraries(verbose: bool) -> None:
+  """Our logger at INFO (DEBUG with -v); the libraries' chatter (absl / Orbax's tracebacks of a failure we
+  report ourselves, imageio, jax) only with -v."""
   # absl (imported by orbax) calls logging.basicConfig() on its first log line, leaving a plain stderr handler
   # on the root logger that would make ours a no-op; replace that one (and only plain ones: test capture and
   # user handlers stay).
@@ -513,16 +498,32 @@ def main(argv: list[str] | None = None) -> int:
   for handler in list(root.handlers):
     if type(handler) is logging.StreamHandler:
       root.removeHandler(handler)
-  logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                      format="[wonderland] %(message)s", stream=sys.stderr)
-  for noisy in ("jax", "absl", "imageio", "imageio_ffmpeg"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[wonderland] %(message)s",
+                      stream=sys.stderr)
+  for noisy in ("jax", "absl", "imageio", "imageio_ffmpeg", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.CRITICAL)
+  logging.getLogger("wonderland_jax").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs one command; returns the exit status: 0 done, 2 an error the user can fix (one line), 75 preempted
+  (saved; rerun to resume), 130 interrupted (saved)."""
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  if extra and not getattr(args, "accepts_overrides", False):
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  args.overrides = extra
+  args.argv = list(sys.argv[1:] if argv is None else argv)
+  _quiet_libraries(args.verbose)
   try:
-    args.run(args)
+    status = args.run(args)
   except WonderlandError as err:
-    print(f"wonderland {args.command}: error: {err}", file=sys.stderr)
+    print(f"wonderland {args.command}: error: {_short(err, args.verbose)}", file=sys.stderr)
     return 2
-  return 0
+  except KeyboardInterrupt:
+    print(f"wonderland {args.command}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  return status or 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_killed_run_resumes_exactly(tmp_path):
   _wait_for_checkpoint(process, workdir, 2)
   process.send_signal(signal.SIGTERM)
   output = process.communicate(timeout=300)[0]
-  assert process.returncode == 0, output
+  assert process.returncode == cli.EXIT_PREEMPTED, output
   assert "stopped at step" in output and not (workdir / "model").exists()
   # SIGKILL: no chance to save; the rerun starts from the last complete checkpoint.
   process = subprocess.Popen(_command(workdir, 10), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -16,8 +16,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from wonderland_jax import flags
 from wonderland_jax.data.scenes import FORMATS, scan_dataset
-from wonderland_jax.errors import WonderlandError
+from wonderland_jax.errors import OutputError, WonderlandError
 from wonderland_jax.eval.protocol import (
   EVAL_STRIDES,
   SIMILARITY_FRAMES,
@@ -26,6 +27,7 @@ from wonderland_jax.eval.protocol import (
   run_evaluation,
   sample_clips,
 )
+from wonderland_jax.outputs import check_writable
 
 logger = logging.getLogger("wonderland_jax")
 
@@ -35,7 +37,7 @@ GENERATION_FLAGS = ("kind", "data", "format", "images_dir", "num", "stride", "se
                     "branch", "lalrm", "prompt", "negative_prompt", "steps", "guidance", "dynamic_cfg", "merge_lora")
 
 
-def add_parser(commands, positive_int, size, run_command) -> None:
+def add_parser(commands, run_command) -> None:
   """Adds `eval` with its `video` and `scene` subcommands to the CLI's subparsers; `run_command(args)` is what
   they run (the CLI's wrapper of `run` that prints the table)."""
   evaluation = commands.add_parser(
@@ -50,22 +52,22 @@ def add_parser(commands, positive_int, size, run_command) -> None:
                         help="dataset layout (RealEstate10K / ACID pose files, DL3DV transforms.json, COLMAP "
                              "scenes such as Tanks and Temples)")
     parser.add_argument("--images-dir", default=None, help="dl3dv / colmap: the image folder (see scan_dataset)")
-    parser.add_argument("--num", type=positive_int, default=300, help="clips (one per scene; the paper: 300 for "
+    parser.add_argument("--num", type=flags.positive_int, default=300, help="clips (one per scene; the paper: 300 for "
                                                                       "RE10K and DL3DV-140, 100 for Tanks)")
-    parser.add_argument("--stride", type=positive_int, default=None,
+    parser.add_argument("--stride", type=flags.positive_int, default=None,
                         help="source frames between generated frames (default per format: "
                              + ", ".join(f"{name} {value}" for name, value in EVAL_STRIDES.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="seeds the clip sampling and the diffusion noise")
-    parser.add_argument("--frames", type=positive_int, default=49, help="video frames, 1 + 4k")
-    parser.add_argument("--size", type=size, default=None, help="WIDTHxHEIGHT (default: the model's)")
+    parser.add_argument("--frames", type=flags.positive_int, default=49, help="video frames, 1 + 4k")
+    parser.add_argument("--size", type=flags.size, default=None, help="WIDTHxHEIGHT (default: the model's)")
     parser.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`")
     parser.add_argument("--branch", required=True, help="the camera branch (`wonderland train camera-dit`)")
     if kind == "scene":
       parser.add_argument("--lalrm", required=True, help="the LaLRM (`wonderland train lalrm`)")
     parser.add_argument("--prompt", default="")
     parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--steps", type=positive_int, default=50, help="sampling steps")
-    parser.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale")
+    parser.add_argument("--steps", type=flags.positive_int, default=50, help="sampling steps")
+    parser.add_argument("--guidance", type=flags.finite, default=6.0, help="classifier-free guidance scale")
     parser.add_argument("--dynamic-cfg", action="store_true")
     parser.add_argument("--merge-lora", action="store_true", help="fold the LoRA adapters into the base kernels")
     parser.add_argument("--lpips-vgg", default=None, help="torchvision vgg16-397923af.pth (LPIPS backbone)")
@@ -77,7 +79,7 @@ def add_parser(commands, positive_int, size, run_command) -> None:
       parser.add_argument("--colmap", default=None, help="folder of COLMAP models of the generated videos, one "
                                                          "per clip: <colmap>/<clip id>/ (RotErr, TransErr)")
     parser.add_argument("--label", default=None, help="the table's Dataset cell (default: --format)")
-    parser.add_argument("--fps", type=float, default=8.0, help="of the written videos")
+    parser.add_argument("--fps", type=flags.positive, default=8.0, help="of the written videos")
     parser.add_argument("--out", required=True, help="output folder; rerunning resumes it")
     parser.set_defaults(run=run_command)
 
@@ -98,6 +100,9 @@ def run(args: argparse.Namespace) -> dict:
   settings = {key: value for key, value in vars(args).items() if key not in ("run", "command", "verbose")}
   settings["size"] = list(args.size) if args.size else None
   out = Path(args.out)
+  if out.exists() and not out.is_dir():
+    raise OutputError(f"--out {out}: is a file; give an output folder")
+  check_writable(out if out.is_dir() else out.parent, "--out")
   _check_resume(out, settings)
   stride = args.stride or EVAL_STRIDES[args.format]
   networks = MetricNetworks.load(lpips_vgg=args.lpips_vgg, lpips_heads=args.lpips_heads,

@@ -35,9 +35,11 @@ TINY_BASE = dict(num_attention_heads=2, attention_head_dim=32, in_channels=32, o
 
 def train_block(*, steps: int, batch_size: int, **overrides) -> dict:
   """`config.train` (read by `train.loop`): steps, global batch, logging / checkpoint / eval cadence (steps),
-  checkpoints kept, what a non-finite step does ('skip' or 'fatal'), async checkpoint writes."""
+  checkpoints kept, what a non-finite step does ('skip' or 'stop') and how many skipped updates end the run (in a
+  row, or as a fraction of the steps), async checkpoint writes."""
   return dict(steps=steps, batch_size=batch_size, grad_accum=1, log_every=20, checkpoint_every=100,
-              keep_checkpoints=3, eval_every=200, nonfinite="skip", async_checkpoints=True) | overrides
+              keep_checkpoints=3, eval_every=200, nonfinite="skip", max_skipped_in_a_row=10,
+              max_skipped_fraction=0.1, async_checkpoints=True) | overrides
 
 
 def optimizer_block(*, learning_rate: float, warmup_steps: int, **overrides) -> dict:

@@ -10,16 +10,23 @@ evaluation. The loop:
     and jits a pure step that `nnx.merge`s inside: value_and_grad of the loss w.r.t. the trainable params
     only, gradient accumulation over `train.grad_accum` micro-batches (lax.scan), optax update, the train
     state donated;
-  * skips an update whose loss or gradient norm is not finite (the step is reported; with
+  * skips an update whose loss, gradient norm or updated params are not finite (the step is reported; with
     `train.nonfinite="stop"` the run stops with an error instead); a skipped update never reaches a
-    checkpoint, since the params are left as they were;
+    checkpoint, since the params are left as they were. More than `train.max_skipped_in_a_row` skips in a row,
+    or more than `train.max_skipped_fraction` of the run's steps, stop the run with an error and a summary
+    (the model is not exported);
   * saves an Orbax checkpoint every `train.checkpoint_every` steps (async, keep `train.keep_checkpoints`)
     holding the train state (params, optimizer state, step, PRNG key), the data iterator's state and the
     config; a job started on a workdir with checkpoints resumes from the latest one, and - the step being a
     pure function of (state, batch), the batch order restored and the key folded with the step - continues
     exactly as an uninterrupted run would;
   * on SIGTERM (preemption) or Orbax's multi-host preemption notice, saves at the end of the current step and
-    returns with `status="preempted"`;
+    returns with `status="preempted"`; on Ctrl-C (SIGINT) the same with `status="interrupted"` (a second
+    Ctrl-C stops at once);
+  * resumes from the newest checkpoint that can be read: an unreadable one (a truncated or damaged file) is
+    reported in one line and moved to `<workdir>/unreadable_checkpoints/STEP` once an older one restores;
+  * holds `<workdir>/wonderland.lock` while it runs (`train.workdir`), so a second run on the same workdir is
+    refused; a checkpoint that fails to save (disk full) stops the run with one error at once;
   * logs averaged scalars (loss, grad norm, learning rate, steps/s) to TensorBoard and `metrics.jsonl`
     (`MetricWriter`), runs `task.evaluate` every `train.eval_every` steps, and shows steps/s and ETA;
   * at the end, `task.export(model, workdir / "model")` writes the trained model (a `checkpoints.load`-able
@@ -31,16 +38,20 @@ and the step is compiled for it; each process feeds its share of the batch. Chec
 mesh the resumed run has.
 
 Config keys used here: seed, train.{steps, batch_size, grad_accum, log_every, checkpoint_every,
-keep_checkpoints, eval_every, nonfinite, async_checkpoints}, optimizer.* (see `optim.py`), parallel.{mesh, dcn,
-rules} (optional).
+keep_checkpoints, eval_every, nonfinite, max_skipped_in_a_row, max_skipped_fraction, async_checkpoints},
+optimizer.* (see `optim.py`), parallel.{mesh, dcn, rules} (optional).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
 import os
+import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,14 +66,16 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from wonderland_jax.errors import WonderlandError
+from wonderland_jax.errors import OutputError, WonderlandError
 from wonderland_jax.io_utils import write_json
 from wonderland_jax.nn import partitioning
 from wonderland_jax.nn.abstract import abstract_build
+from wonderland_jax.outputs import storage_reason, write_errors
 from wonderland_jax.parallel.mesh import make_mesh
 from wonderland_jax.progress import StepProgress
 from wonderland_jax.train.metrics import MetricWriter, ScalarAverager
 from wonderland_jax.train.optim import learning_rate_schedule, make_optimizer
+from wonderland_jax.train.workdir import WorkdirLock, check_workdir
 
 logger = logging.getLogger("wonderland_jax")
 
@@ -146,6 +159,7 @@ def make_train_step(graphdef, loss_fn, tx: optax.GradientTransformation, grad_ac
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    finite = finite & jnp.isfinite(optax.tree.norm(params))  # e.g. a NaN or overflowing learning rate
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                            opt_state=keep(opt_state, state.opt_state), key=state.key)
@@ -155,28 +169,36 @@ def make_train_step(graphdef, loss_fn, tx: optax.GradientTransformation, grad_ac
 
 
 class _Preemption:
-  """Sets a flag on SIGTERM (main thread only) until closed; the loop saves and stops at the step's end."""
+  """Sets `requested` on SIGTERM ("preempted") or a first SIGINT ("interrupted") until closed (main thread only);
+  the loop saves and stops at the step's end. A second SIGINT raises KeyboardInterrupt at once."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested: str | None = None
+    self._previous: dict = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handler)
 
   def _handler(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.requested == "interrupted":
+        raise KeyboardInterrupt
+      logger.warning("interrupted: saving a checkpoint after this step and stopping (Ctrl-C again to stop now)")
+      self.requested = "interrupted"
+      return
     logger.warning("SIGTERM received: saving a checkpoint after this step and stopping")
-    self.requested = True
+    self.requested = "preempted"
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
 
 def _checkpoint_manager(directory: Path, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=int(config.train.keep_checkpoints), create=True,
+      max_to_keep=int(config.train.keep_checkpoints), create=True, cleanup_tmp_directories=True,
       enable_async_checkpointing=bool(config.train.get("async_checkpoints", True)))
   return ocp.CheckpointManager(directory.absolute(), options=options)
 
@@ -187,27 +209,85 @@ def _save(manager, step: int, state: TrainState, iterator, config, *, force: boo
                                               config=ocp.args.JsonSave(config.to_dict())), force=force)
 
 
-def _restore(manager, step: int, state: TrainState, iterator, workdir: Path) -> TrainState:
+def _restore(manager, step: int, state: TrainState, iterator) -> TrainState:
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                             data=ocp.args.JsonRestore()))
-  except (ValueError, KeyError, FileNotFoundError) as error:
-    raise WonderlandError(f"{workdir}/checkpoints/{step}: cannot restore the train state ({error}); was it "
-                          "written by a different config? Start in a fresh --workdir") from error
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                           data=ocp.args.JsonRestore()))
   iterator.set_state(restored.data)
   return restored.state
 
 
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _restore_newest_readable(manager, state: TrainState, iterator, workdir: Path, name: str) -> TrainState | None:
+  """Restores the newest checkpoint that can be read (None when there are none). Newer unreadable ones are moved
+  to `<workdir>/unreadable_checkpoints/STEP` once an older one has restored (proving the config matches), so
+  the next saves do not collide with them. None readable: one `WonderlandError` naming each step's failure."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      restored = _restore(manager, step, state, iterator)
+    except Exception as error:  # noqa: BLE001 (Orbax raises bare Exception for damaged files)
+      failures.append((step, _first_line(error)))
+      logger.warning("%s: the checkpoint at step %d cannot be read (%s)", name, step, failures[-1][1])
+      continue
+    if failures:
+      aside = workdir / "unreadable_checkpoints"
+      aside.mkdir(exist_ok=True)
+      for bad, _ in failures:
+        target = aside / str(bad)
+        if target.exists():
+          target = aside / f"{bad}-{os.getpid()}"
+        os.replace(Path(manager.directory) / str(bad), target)
+        logger.warning("%s: moved the unreadable checkpoint %d to %s", name, bad, target)
+      manager.reload()
+    logger.info("%s: resuming from the checkpoint at step %d in %s", name, step, workdir)
+    return restored
+  if not steps:
+    return None
+  details = "; ".join(f"step {step}: {reason}" for step, reason in failures)
+  raise WonderlandError(f"{workdir}/checkpoints: no checkpoint can be restored ({details}). If the config changed, "
+                        "rerun with the config of this workdir (its config.json); if the files are damaged, move "
+                        "checkpoints/ aside to start over")
+
+
+def _save_failed(manager, workdir: Path, error: BaseException) -> WonderlandError:
+  """One `OutputError` for a checkpoint that could not be written; Orbax's partial temporaries are removed."""
+  for partial in Path(manager.directory).glob("*.orbax-checkpoint-tmp*"):
+    shutil.rmtree(partial, ignore_errors=True)
+  return OutputError(f"--workdir {workdir}: saving a checkpoint failed: {storage_reason(error)}; the last complete "
+                     "checkpoint is kept, rerun to resume from it")
+
+
 def check_config(config) -> None:
+  """One `WonderlandError` naming the flag for a `train.*` / `optimizer.learning_rate` value no run can use."""
   train = config.train
-  if int(train.steps) < 1:
-    raise WonderlandError(f"--config.train.steps={train.steps}: must be >= 1")
+
+  def integer(name: str, minimum: int) -> int:
+    value = train.get(name, minimum)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+      raise WonderlandError(f"--config.train.{name}={value!r}: must be an integer >= {minimum}")
+    return int(value)
+
+  for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints",
+               "max_skipped_in_a_row"):
+    integer(name, 1)
+  integer("eval_every", 0)
   if train.nonfinite not in NONFINITE_POLICIES:
     raise WonderlandError(f"--config.train.nonfinite={train.nonfinite!r}: use one of {NONFINITE_POLICIES}")
   if int(train.batch_size) % int(train.grad_accum):
     raise WonderlandError(f"--config.train.batch_size={train.batch_size} is not divisible by "
                           f"--config.train.grad_accum={train.grad_accum}")
+  fraction = train.get("max_skipped_fraction", 0.1)
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+    raise WonderlandError(f"--config.train.max_skipped_fraction={fraction!r}: must be in [0, 1]")
+  rate = (config.get("optimizer") or {}).get("learning_rate")
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+    raise WonderlandError(f"--config.optimizer.learning_rate={rate!r}: must be a finite number > 0")
 
 
 @dataclasses.dataclass
@@ -304,11 +384,20 @@ def _jit_step(prepared: StepSetup, mesh, rules):
   return run
 
 
-def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> TrainResult:
-  """Trains (or resumes) `task` in `workdir`; see the module docstring."""
+def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+          force: bool = False) -> TrainResult:
+  """Trains (or resumes) `task` in `workdir`, holding its lock (`force` takes over a live one); see the module
+  docstring."""
   check_config(config)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = check_workdir(workdir)
+  with write_errors(workdir):
+    workdir.mkdir(parents=True, exist_ok=True)
+  lock = WorkdirLock(workdir, force=force) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _train(task, config, workdir)
+
+
+def _train(task: Task, config: ml_collections.ConfigDict, workdir: Path) -> TrainResult:
   total_steps = int(config.train.steps)
   mesh, rules = training_mesh(config)
   prepared = setup(task, config, mesh=mesh, rules=rules)
@@ -326,10 +415,9 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
   iterator = task.make_iterator(config)
 
   manager = _checkpoint_manager(workdir / "checkpoints", config)
-  latest = manager.latest_step()
-  if latest is not None:
-    logger.info("%s: resuming from the checkpoint at step %d in %s", task.name, latest, workdir)
-    state = _restore(manager, latest, state, iterator, workdir)
+  restored = _restore_newest_readable(manager, state, iterator, workdir, task.name)
+  if restored is not None:
+    state = restored
   elif jax.process_index() == 0:
     write_json(workdir / "config.json", config.to_dict())
   step_fn = _jit_step(prepared, mesh, rules)
@@ -340,7 +428,10 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
   preemption = _Preemption()
   step = int(state.step)
   bar = StepProgress(total=total_steps, initial=step, desc=f"train {task.name}", log_every=int(config.train.log_every))
-  skipped, last_metrics, status = 0, {}, "finished"
+  first_step = step
+  skipped, in_a_row, last_metrics, status = 0, 0, {}, "finished"
+  max_in_a_row = int(config.train.get("max_skipped_in_a_row", 10))
+  max_skipped = float(config.train.get("max_skipped_fraction", 0.1)) * (total_steps - step)
   per_process_batch = int(config.train.batch_size) // jax.process_count()
   eval_every = int(config.train.get("eval_every", 0))
   try:
@@ -355,13 +446,22 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
       metrics = {name: _host_scalar(value) for name, value in metrics.items()}
       if metrics.pop("finite") < 1:
         skipped += 1
-        message = (f"{task.name}: step {step}: non-finite loss ({metrics['loss']}) or gradient norm "
-                   f"({metrics['grad_norm']})")
+        in_a_row += 1
+        message = (f"{task.name}: step {step}: non-finite loss ({metrics['loss']}), gradient norm "
+                   f"({metrics['grad_norm']}) or updated params")
         if config.train.nonfinite == "stop":
           raise WonderlandError(message + "; stopping (the params were not updated; set "
                                 "--config.train.nonfinite=skip to skip such steps)")
         logger.warning("%s; update skipped (%d so far)", message, skipped)
+        if in_a_row >= max_in_a_row or skipped > max_skipped:
+          raise WonderlandError(
+              f"{task.name}: stopped at step {step}: {skipped} of {step - first_step} updates skipped ({in_a_row} in "
+              f"a row) for non-finite values (last loss {metrics['loss']:.4g}, gradient norm "
+              f"{metrics['grad_norm']:.4g}); the params are those of the last good step. Lower "
+              f"--config.optimizer.learning_rate={config.optimizer.learning_rate} or check the data; the limits are "
+              "--config.train.max_skipped_in_a_row / max_skipped_fraction")
       else:
+        in_a_row = 0
         averager.add(metrics)
       bar.update(step, loss=metrics["loss"])
       if step % int(config.train.log_every) == 0 or step == total_steps:
@@ -374,19 +474,34 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
         writer.images(step, {f"eval/{name}": image for name, image in images.items()})
         logger.info("%s: step %d eval %s", task.name, step,
                     " ".join(f"{name} {value:.4g}" for name, value in scalars.items()))
-      preempted = preemption.requested or manager.reached_preemption(step)
+      preempted = preemption.requested or ("preempted" if manager.reached_preemption(step) else None)
       if step % int(config.train.checkpoint_every) == 0 or step == total_steps or preempted:
-        _save(manager, step, state, iterator, config, force=preempted or step == total_steps)
+        try:
+          manager.check_for_errors()  # the previous async save
+          _save(manager, step, state, iterator, config, force=bool(preempted) or step == total_steps)
+          if preempted or step == total_steps:
+            manager.wait_until_finished()
+            manager.check_for_errors()
+        except WonderlandError:
+          raise
+        except Exception as error:  # noqa: BLE001 (Orbax's async errors come as several types)
+          raise _save_failed(manager, workdir, error) from error
       if preempted and step < total_steps:
-        status = "preempted"
-        logger.warning("%s: stopped at step %d for preemption; rerun the same command to resume", task.name, step)
+        status = preempted
+        logger.warning("%s: stopped at step %d (%s); rerun the same command to resume", task.name, step, preempted)
         break
   finally:
-    manager.wait_until_finished()
+    try:
+      manager.wait_until_finished()
+    except Exception as error:  # noqa: BLE001
+      if sys.exc_info()[0] is None:
+        raise _save_failed(manager, workdir, error) from error
     manager.close()
     preemption.close()
     bar.close()
     writer.close()
+  if skipped:
+    logger.warning("%s: %d of %d updates were skipped for non-finite values", task.name, skipped, step - first_step)
   model = nnx.merge(graphdef, state.params, frozen, rest)
   if status == "finished" and task.export is not None:
     task.export(model, config, workdir / "model")
