@@ -148,11 +148,13 @@ def _existing_ancestor(path: Path) -> Path:
   return path
 
 
-def check_writable(directory: str | os.PathLike, flag: str = "--out") -> None:
+def check_writable(directory: str | os.PathLike, flag: str = "--out", target: str | os.PathLike | None = None) -> None:
   """Raises `OutputError` unless files can be created in `directory` (or the nearest existing directory above it,
-  where it would be made): a probe file is created and removed."""
+  where it would be made): a probe file is created and removed. Messages name `target` (default `directory`)."""
   directory = Path(directory)
   ancestor = _existing_ancestor(directory)
+  if target is not None:
+    directory = target
   if not ancestor.is_dir():
     raise OutputError(f"{flag} {directory}: {ancestor} is a file, not a directory")
   probe = ancestor / f".wonderland-probe-{os.getpid()}-{secrets.token_hex(4)}"
@@ -180,7 +182,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", suffixes: Se
     raise WonderlandError(f"{flag} {path}: unsupported extension {path.suffix!r}; use one of {tuple(suffixes)}")
   if path.is_dir():
     raise OutputError(f"{flag} {path}: is an existing directory; give a file name")
-  check_writable(path.parent, flag)
+  check_writable(path.parent, flag, target=path)
 
 
 def is_ours(path: str | os.PathLike, recognised: Sequence[str] = (MANIFEST,)) -> bool:
@@ -202,7 +204,7 @@ def check_output_directory(path: str | os.PathLike, overwrite: bool = False, fla
         raise WonderlandError(f"{flag} {path}: exists and is not an empty directory{hint}")
       if not is_ours(path, recognised):
         raise OutputError(f"{flag} {path}: not {kind} (no {recognised[0]}); refusing to replace it")
-  check_writable(path.parent, flag)
+  check_writable(path.parent, flag, target=path)
 
 
 def write_manifest(directory: Path, files: Sequence[str] | None = None) -> None:

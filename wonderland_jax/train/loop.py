@@ -159,7 +159,8 @@ def make_train_step(graphdef, loss_fn, tx: optax.GradientTransformation, grad_ac
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = finite & jnp.isfinite(optax.tree.norm(params))  # e.g. a NaN or overflowing learning rate
+    # Non-finite params after the update (a NaN or overflowing learning rate) count too.
+    finite = finite & jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), params))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                            opt_state=keep(opt_state, state.opt_state), key=state.key)
