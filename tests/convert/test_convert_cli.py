@@ -88,6 +88,9 @@ def test_failures_leave_no_output(tmp_path, toy_converter, pipeline, capsys):
   assert main(["convert", "toy", "--src", str(root), "--out", str(out)]) == 2
   err = capsys.readouterr().err
   assert f"{root / 'toy'}: the weights do not fit the model" in err
+  assert len(err.strip().splitlines()) == 2 and "more lines with -v" in err  # capped without -v
+  assert main(["-v", "convert", "toy", "--src", str(root), "--out", str(out)]) == 2
+  err = capsys.readouterr().err
   assert "proj_out.weight -> proj_out.kernel: source (5, 6), after linear (6, 5), expected (6, 7)" in err
   # A config.json missing a field the converter needs.
   config.write_text("{}")
