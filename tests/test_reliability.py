@@ -314,3 +314,23 @@ def test_reading_a_checkpoint_of_the_wrong_kind_names_both_kinds(tmp_path):
     checkpoints.load(tmp_path / "run" / "model", kind="lalrm")
   with pytest.raises(OutputError, match="is a file"):
     train(toy.task(), toy.config(steps=1), tmp_path / "run" / "config.json")
+
+
+# 8. A failed checkpoint save: one error at once, the last complete checkpoint kept, no partial temporaries.
+def test_a_failed_checkpoint_save_stops_the_run_at_once(tmp_path, monkeypatch):
+  from wonderland_jax.train import loop  # noqa: PLC0415
+  real_save, calls = loop._save, []
+
+  def save(manager, step, *args, **kwargs):
+    calls.append(step)
+    if step == 10:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(manager, step, *args, **kwargs)
+
+  monkeypatch.setattr(loop, "_save", save)
+  with pytest.raises(OutputError, match="saving a checkpoint failed: no space left on device"):
+    _toy_run(tmp_path / "run", 20)
+  assert calls == [5, 10]  # stopped at the failing save, not at the next one
+  assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["5"]
+  assert not list((tmp_path / "run" / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+  assert not (tmp_path / "run" / LOCK).exists()

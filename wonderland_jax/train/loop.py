@@ -51,7 +51,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -429,7 +428,7 @@ def _train(task: Task, config: ml_collections.ConfigDict, workdir: Path) -> Trai
   preemption = _Preemption()
   step = int(state.step)
   bar = StepProgress(total=total_steps, initial=step, desc=f"train {task.name}", log_every=int(config.train.log_every))
-  first_step = step
+  first_step, completed = step, False
   skipped, in_a_row, last_metrics, status = 0, 0, {}, "finished"
   max_in_a_row = int(config.train.get("max_skipped_in_a_row", 10))
   max_skipped = float(config.train.get("max_skipped_fraction", 0.1)) * (total_steps - step)
@@ -491,16 +490,19 @@ def _train(task: Task, config: ml_collections.ConfigDict, workdir: Path) -> Trai
         status = preempted
         logger.warning("%s: stopped at step %d (%s); rerun the same command to resume", task.name, step, preempted)
         break
+    completed = True
   finally:
+    save_error = None
     try:
       manager.wait_until_finished()
-    except Exception as error:  # noqa: BLE001
-      if sys.exc_info()[0] is None:
-        raise _save_failed(manager, workdir, error) from error
+    except Exception as error:  # noqa: BLE001 (a failed background save; reported below unless already failing)
+      save_error = error
     manager.close()
     preemption.close()
     bar.close()
     writer.close()
+  if save_error is not None and completed:
+    raise _save_failed(manager, workdir, save_error) from save_error
   if skipped:
     logger.warning("%s: %d of %d updates were skipped for non-finite values", task.name, skipped, step - first_step)
   model = nnx.merge(graphdef, state.params, frozen, rest)
