@@ -55,7 +55,8 @@ def staging_path(path: str | os.PathLike, role: str = "tmp") -> Path:
   return path.with_name(f".{path.name}.{role}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+  """Whether a process with this pid runs on this host (one of another user counts as running)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -85,7 +86,7 @@ def clean_stale(directory: str | os.PathLike) -> None:
     return
   for entry in entries:
     match = _STAGING.match(entry.name)
-    if not match or match["host"] != _HOST or _alive(int(match["pid"])):
+    if not match or match["host"] != _HOST or process_alive(int(match["pid"])):
       continue
     target = directory / match["name"]
     try:

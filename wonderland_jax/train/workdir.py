@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from wonderland_jax.errors import OutputError, WonderlandError
-from wonderland_jax.outputs import check_writable
+from wonderland_jax.outputs import check_writable, process_alive
 
 logger = logging.getLogger("wonderland_jax")
 
@@ -42,16 +42,6 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
     raise OutputError(f"--workdir {workdir}: is a file, not a directory")
   check_writable(workdir, "--workdir")
   return workdir
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 class WorkdirLock:
@@ -82,7 +72,7 @@ class WorkdirLock:
     except FileNotFoundError:
       return "gone"
     if holder.get("host") == self._record["host"] and isinstance(holder.get("pid"), int):
-      return None if _alive(holder["pid"]) else f"process {holder['pid']} is not running"
+      return None if process_alive(holder["pid"]) else f"process {holder['pid']} is not running"
     if age > STALE_SECONDS:
       return f"no heartbeat for {age:.0f} s"
     return None
