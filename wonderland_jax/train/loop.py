@@ -256,7 +256,12 @@ def _restore_newest_readable(manager, state: TrainState, iterator, workdir: Path
 
 
 def _save_failed(manager, workdir: Path, error: BaseException) -> WonderlandError:
-  """One `OutputError` for a checkpoint that could not be written; Orbax's partial temporaries are removed."""
+  """One `OutputError` for a checkpoint that could not be written. Saves still in flight (an earlier, good step)
+  are finished first, then Orbax's partial temporaries are removed."""
+  try:
+    manager.wait_until_finished()
+  except Exception:  # noqa: BLE001, S110 (the error being reported is `error`; a second one adds nothing)
+    pass
   for partial in Path(manager.directory).glob("*.orbax-checkpoint-tmp*"):
     shutil.rmtree(partial, ignore_errors=True)
   return OutputError(f"--workdir {workdir}: saving a checkpoint failed: {storage_reason(error)}; the last complete "
