@@ -33,6 +33,7 @@ from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval import command as eval_command
 from wonderland_jax.io_utils import VIDEO_EXTENSIONS, read_image, write_png_sequence, write_video
 from wonderland_jax.outputs import Outputs, check_output_directory, check_output_file
+from wonderland_jax.parallel.targets import TARGETS_HELP
 from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 
@@ -214,26 +215,26 @@ def _train(args: argparse.Namespace) -> None:
   return 0
 
 
-def _plan(args: argparse.Namespace) -> None:
+def _plan(args: argparse.Namespace) -> int:
   from wonderland_jax.parallel.mesh import parse_axes  # noqa: PLC0415
-  from wonderland_jax.train.plan import ACCELERATORS  # noqa: PLC0415
+  from wonderland_jax.parallel.targets import ACCELERATORS, compile_devices, parse_target  # noqa: PLC0415
   sizes, dcn = parse_axes(args.mesh), parse_axes(args.dcn)
   if -1 in sizes.values() or -1 in dcn.values():
     raise WonderlandError(f"--mesh {args.mesh}: give every axis size (a plan has no devices to fill in)")
-  if args.accelerator not in ACCELERATORS:
+  target = parse_target(args.target)
+  accelerator_name = args.accelerator or target.chip or "h100"
+  if accelerator_name not in ACCELERATORS:
     raise WonderlandError(f"--accelerator {args.accelerator!r}: one of {sorted(ACCELERATORS)}")
   if args.json:
     check_output_file(args.json, flag="--json", suffixes=(".json",))
   devices = int(np.prod(list(sizes.values())) * np.prod(list(dcn.values())))
-  if os.environ.get(_PLAN_CHILD) != str(devices):
+  if target.platform == "cpu" and os.environ.get(_PLAN_CHILD) != str(devices):
     # The fake devices must exist before JAX starts its CPU backend: plan in a fresh process.
     import subprocess  # noqa: PLC0415
     flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
     environment = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", **{_PLAN_CHILD: str(devices)})
-    result = subprocess.run([sys.executable, "-m", "wonderland_jax.cli", *args.argv], env=environment)
-    if result.returncode:
-      raise WonderlandError(f"planning failed (exit status {result.returncode}); see the messages above")
-    return
+    # The child reports its own errors (one line, exit 2).
+    return subprocess.run([sys.executable, "-m", "wonderland_jax.cli", *args.argv], env=environment).returncode
   from wonderland_jax.parallel.mesh import make_mesh  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
   from wonderland_jax.train.plan import plan_config  # noqa: PLC0415
@@ -245,9 +246,10 @@ def _plan(args: argparse.Namespace) -> None:
       depths = ()
     if len(depths) != 2:
       raise WonderlandError(f"--extrapolate {args.extrapolate!r}: two block counts like 2,4")
-  mesh = make_mesh(args.mesh, dcn=args.dcn or None, devices=jax.devices()[:devices])
-  plan = plan_config(load_config(args.config, args.overrides), mesh, model=args.model, extrapolate=depths)
-  accelerator = ACCELERATORS[args.accelerator]
+  mesh = make_mesh(args.mesh, dcn=args.dcn or None, devices=compile_devices(target, devices))
+  plan = plan_config(load_config(args.config, args.overrides), mesh, model=args.model, extrapolate=depths,
+                     target=target)
+  accelerator = ACCELERATORS[accelerator_name]
   print(plan.table(accelerator, args.mfu))
   if not plan.fits(accelerator):
     logger.warning("this plan needs %.1f GiB per device; %s has %.0f GiB: shard further (fsdp / tensor / context) "
@@ -257,6 +259,7 @@ def _plan(args: argparse.Namespace) -> None:
     with Outputs() as outputs:
       outputs.file(args.json, flag="--json").write_text(json.dumps(plan.to_dict(accelerator, args.mfu), indent=2)
                                                          + "\n")
+  return 0
 
 
 _PLAN_CHILD = "WONDERLAND_PLAN_DEVICES"
@@ -428,7 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
   planning.add_argument("--dcn", default="", help="axis sizes across slices / nodes (hybrid mesh), e.g. data=4")
   planning.add_argument("--model", choices=["lalrm", "vae", "camera-dit"], default=None,
                         help="which model the config trains (default: from the config's sections)")
-  planning.add_argument("--accelerator", default="h100", help="device for the memory check and step time: "
+  planning.add_argument("--target", default="cpu", help="what to compile for: " + TARGETS_HELP + "; accelerator "
+                        "targets compile deviceless with that chip's compiler (the tpu / gpu extra)")
+  planning.add_argument("--accelerator", default=None, help="device for the memory check and step time (default: "
+                        "the --target's chip, h100 for cpu): "
                         "h100, h200, a100, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e")
   planning.add_argument("--mfu", type=flags.fraction, default=0.4, help="model FLOPs utilisation for the step time")
   planning.add_argument("--json", default=None, help="also write the plan as JSON to this file")

@@ -8,6 +8,9 @@
   splash Pallas splash attention (TPUs): sequences padded to whole blocks, the padding kept out of the softmax
          by segment ids; no mask argument. `splash_attention(..., interpret=True)` runs the same kernel in
          Pallas' interpreter on any backend (how the tests check it on CPU).
+  auto   the fused one of the platform the code is compiled for (`parallel.targets.compile_platform`, not the
+         host: a plan for a TPU traces splash on a CPU host): cudnn on NVIDIA GPUs for 16-bit inputs, splash
+         on TPUs, chunked elsewhere (xla where a mask is given and the fused kernel takes none).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from wonderland_jax.errors import WonderlandError
+from wonderland_jax.parallel.targets import compile_platform
 
-IMPLEMENTATIONS = ("xla", "cudnn", "splash", "chunked")
+IMPLEMENTATIONS = ("xla", "cudnn", "splash", "chunked", "auto")
 CHUNK = 1024  # key / value tokens per step of the 'chunked' implementation
 _LANES = 128  # splash blocks are multiples of the TPU's 128 lanes
 
@@ -30,16 +34,15 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
 
   mask: optional boolean (B or 1, N or 1, Lq, Lk), True = attend. scale defaults to 1 / sqrt(D).
   """
-  if implementation not in IMPLEMENTATIONS:
-    raise WonderlandError(f"unknown attention implementation {implementation!r}; use one of {IMPLEMENTATIONS}")
-  if implementation == "cudnn" and jax.default_backend() != "gpu":
-    raise WonderlandError("attention implementation 'cudnn' needs an NVIDIA GPU; use 'xla' on "
-                          f"{jax.default_backend()}")
+  implementation = resolve(implementation, query.dtype, masked=mask is not None)
+  platform = compile_platform()
+  if implementation == "cudnn" and platform != "gpu":
+    raise WonderlandError(f"attention implementation 'cudnn' needs an NVIDIA GPU; use 'auto' or 'xla' on {platform}")
   if implementation == "chunked":
     return chunked_attention(query, key, value, mask=mask, scale=scale)
   if implementation == "splash":
-    if jax.default_backend() != "tpu":
-      raise WonderlandError(f"attention implementation 'splash' needs a TPU; use 'xla' on {jax.default_backend()}")
+    if platform != "tpu":
+      raise WonderlandError(f"attention implementation 'splash' needs a TPU; use 'auto' or 'xla' on {platform}")
     if mask is not None:
       raise WonderlandError("attention implementation 'splash' takes no mask; use 'xla'")
     return splash_attention(query, key, value, scale=scale)
@@ -50,6 +53,21 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale, implementation="xla")
     return out.astype(dtype)
   return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale, implementation="cudnn")
+
+
+def resolve(implementation: str, dtype=jnp.float32, *, masked: bool = False, platform: str | None = None) -> str:
+  """The implementation `implementation` names for inputs of `dtype` on `platform` (default: the one being
+  compiled for); 'auto' as in the module docstring, any other name as it is."""
+  if implementation not in IMPLEMENTATIONS:
+    raise WonderlandError(f"unknown attention implementation {implementation!r}; use one of {IMPLEMENTATIONS}")
+  if implementation != "auto":
+    return implementation
+  platform = platform or compile_platform()
+  if platform == "gpu" and jnp.dtype(dtype).itemsize == 2:
+    return "cudnn"
+  if masked:
+    return "xla"
+  return "splash" if platform == "tpu" else "chunked"
 
 
 def _block(length: int) -> int:

@@ -14,7 +14,8 @@ its share with `jax.shard_map`:
 
 Sequences whose length does not divide over the axis are padded; padded keys are masked out (ring: by global
 position; ulysses: after gathering, by a key mask) and padded queries dropped. Without a mesh, or with a
-'context' axis of size 1, this is plain `dot_product_attention`.
+'context' axis of size 1, this is plain `dot_product_attention`; on a mesh, the splash kernel (a Mosaic
+custom call XLA cannot partition) runs per device under `shard_map` (batch over data x fsdp, heads over tensor).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from wonderland_jax.errors import WonderlandError
-from wonderland_jax.nn.attention import dot_product_attention, finish, initial_carry, merge_block
+from wonderland_jax.nn.attention import dot_product_attention, finish, initial_carry, merge_block, resolve
 from wonderland_jax.nn.partitioning import dividing_axes
 
 METHODS = ("none", "ulysses", "ring")
@@ -37,12 +38,12 @@ def _axis_size(mesh, name: str) -> int:
   return int(dict(mesh.shape).get(name, 1))
 
 
-def _spec(mesh, batch_size: int) -> PartitionSpec:
+def _spec(mesh, batch_size: int, tokens: str | None = CONTEXT) -> PartitionSpec:
   """(batch, tokens, heads, head_dim) placement inside the shard_map: the batch over 'data' x 'fsdp' as far as
   it divides (else those devices repeat the work), the heads over 'tensor'."""
   batch = tuple(axis for axis in dividing_axes(batch_size, ("data", "fsdp"), mesh) if _axis_size(mesh, axis) > 1)
-  heads = "tensor" if "tensor" in mesh.axis_names else None
-  return PartitionSpec(batch or None, CONTEXT, heads, None)
+  heads = "tensor" if "tensor" in mesh.axis_names and _axis_size(mesh, "tensor") > 1 else None
+  return PartitionSpec(batch or None, tokens, heads, None)
 
 
 def sequence_parallel_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, method: str = "ring",
@@ -52,7 +53,13 @@ def sequence_parallel_attention(query: jax.Array, key: jax.Array, value: jax.Arr
     raise WonderlandError(f"unknown sequence-parallel attention {method!r}; use one of {METHODS}")
   mesh = jax.sharding.get_abstract_mesh()
   if method == "none" or mesh.empty or CONTEXT not in mesh.axis_names or _axis_size(mesh, CONTEXT) == 1:
-    return dot_product_attention(query, key, value, implementation=implementation, scale=scale)
+    implementation = resolve(implementation, query.dtype)
+    if implementation != "splash" or mesh.empty or all(size == 1 for size in dict(mesh.shape).values()):
+      return dot_product_attention(query, key, value, implementation=implementation, scale=scale)
+    spec = _spec(mesh, query.shape[0], tokens=None)
+    local = functools.partial(dot_product_attention, implementation=implementation, scale=scale)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
+        query, key, value)
   size = _axis_size(mesh, CONTEXT)
   heads = query.shape[2]
   tensor = _axis_size(mesh, "tensor") if "tensor" in mesh.axis_names else 1

@@ -26,6 +26,7 @@ import numpy as np
 
 from wonderland_jax.camera import Camera
 from wonderland_jax.errors import CapacityError, WonderlandError
+from wonderland_jax.parallel.targets import compile_platform
 from wonderland_jax.splat.composite import CompositeLayout, composite
 from wonderland_jax.splat.gaussians import Gaussians
 from wonderland_jax.splat.project import RadiusRule, project
@@ -63,7 +64,7 @@ class RasterSettings:
     (docs/benchmarks.md); on accelerators all tiles at once, up to ~4M alphas per block, for parallelism."""
     grid_width = -(-camera.width // self.tile_size)
     grid_height = -(-camera.height // self.tile_size)
-    on_cpu = jax.default_backend() == "cpu"
+    on_cpu = compile_platform() == "cpu"
     chunk_size = self.chunk_size or (16 if on_cpu else 32)
     tiles_per_batch = self.tiles_per_batch or (64 if on_cpu else
                                                max(1, (1 << 22) // (self.tile_size ** 2 * chunk_size)))
@@ -168,7 +169,8 @@ def _rasterize_one(gaussians, camera, background, settings: RasterSettings, capa
     colors = view_dependent_colors(colors, gaussians.sh, gaussians.means, camera.position.astype(colors.dtype))
   features = jnp.concatenate([colors, projected.depths[:, None].astype(colors.dtype)], -1)
   bins = intersect_tiles(projected, layout.grid_width, layout.grid_height, capacity)
-  jax.debug.callback(_check_capacity, bins.num_pairs, capacity)
+  if compile_platform() == jax.default_backend():  # a deviceless compile for another platform never runs
+    jax.debug.callback(_check_capacity, bins.num_pairs, capacity)
   accum, transmittance = composite(projected.means2d, projected.conics, projected.opacities, features,
                                    bins.gaussian_ids, bins.tile_start, bins.tile_end, layout)
   to_image = lambda x: einops.rearrange(

@@ -25,30 +25,14 @@ import ml_collections
 from wonderland_jax.errors import WonderlandError
 from wonderland_jax.nn.partitioning import activation_rules, batch_sharding, rules_from
 from wonderland_jax.parallel.mesh import device_count
+from wonderland_jax.parallel.targets import ACCELERATORS, Accelerator, Target, compiling_for, parse_target
 from wonderland_jax.train.loop import setup
 from wonderland_jax.train.tasks import DEPTH_KEYS, make_task, planning_config, task_name
 
 logger = logging.getLogger("wonderland_jax")
 
 GIB = 1024 ** 3
-
-
-@dataclasses.dataclass(frozen=True)
-class Accelerator:
-  name: str
-  peak_flops: float  # dense bf16 FLOP/s per device
-  memory_bytes: float
-
-
-ACCELERATORS = {
-    "h100": Accelerator("NVIDIA H100 SXM", 989e12, 80 * GIB),
-    "h200": Accelerator("NVIDIA H200", 989e12, 141 * GIB),
-    "a100": Accelerator("NVIDIA A100 80GB", 312e12, 80 * GIB),
-    "tpu-v4": Accelerator("TPU v4", 275e12, 32 * GIB),
-    "tpu-v5e": Accelerator("TPU v5e", 197e12, 16 * GIB),
-    "tpu-v5p": Accelerator("TPU v5p", 459e12, 95 * GIB),
-    "tpu-v6e": Accelerator("TPU v6e", 918e12, 32 * GIB),
-}
+__all__ = ["ACCELERATORS", "Accelerator", "Plan", "plan_config", "plan_extrapolated", "plan_training"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +48,7 @@ class Plan:
   temp_bytes: int
   flops: float  # per device per step
   method: str = "compiled"  # or "extrapolated from N and M blocks" (see plan_extrapolated)
+  target: str = "cpu"  # what it was compiled for (`parallel.targets`)
 
   @property
   def devices(self) -> int:
@@ -88,7 +73,7 @@ class Plan:
   def table(self, accelerator: Accelerator, mfu: float) -> str:
     mesh = ",".join(f"{axis}={size}" for axis, size in self.mesh.items() if size > 1) or "1 device"
     rows = [("task", self.task), ("mesh", f"{mesh} ({self.devices} devices)"), ("method", self.method),
-            ("global batch", str(self.global_batch)),
+            ("compiled for", self.target), ("global batch", str(self.global_batch)),
             ("params", f"{self.num_trainable:,} trainable, {self.num_frozen:,} frozen"),
             ("per device: arguments", f"{self.argument_bytes / GIB:.2f} GiB"),
             ("per device: temporaries", f"{self.temp_bytes / GIB:.2f} GiB"),
@@ -97,6 +82,8 @@ class Plan:
                                  f"({accelerator.name})"),
             ("FLOPs per step", f"{self.flops:.3e} per device, {self.flops * self.devices:.3e} total"),
             (f"step time at {mfu:.0%} MFU", f"{self.step_seconds(accelerator, mfu):.2f} s on {accelerator.name}")]
+    if not self.flops:  # the CUDA plugin gives no cost analysis
+      rows[-2:] = [("FLOPs per step", f"not given by the {self.target} compiler (plan --target cpu counts them)")]
     width = max(len(name) for name, _ in rows)
     lines = [f"| {name.ljust(width)} | {value} |" for name, value in rows]
     return "\n".join(lines)
@@ -106,8 +93,24 @@ class Plan:
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None, *, fast_compile: bool = True) -> Plan:
-  """Lowers and compiles `task`'s training step for `mesh` with abstract inputs; see the module docstring."""
+def check_batch(global_batch: int, mesh, rules, flag: str = "--config.train.batch_size") -> None:
+  """One `WonderlandError` naming `flag` when the batch does not split over the mesh's batch axes."""
+  entry = batch_sharding(mesh, rules, 1).spec[0]
+  axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  ways = math.prod(int(mesh.shape[axis]) for axis in axes)
+  if global_batch % ways:
+    raise WonderlandError(
+        f"{flag}={global_batch} does not split over the mesh's batch axes {' x '.join(axes)} ({ways} devices): use "
+        f"a multiple of {ways} (e.g. {ways * -(-global_batch // ways)}), or batch axes of "
+        f"{math.gcd(global_batch, ways)} devices with the rest on fsdp / context / tensor")
+
+
+def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None, *, fast_compile: bool = True,
+                  target: Target | str = "cpu") -> Plan:
+  """Lowers and compiles `task`'s training step for `mesh` with abstract inputs; see the module docstring.
+  `target`: the platform the mesh's devices are (`parallel.targets`; compile-only TPU / GPU devices are compiled
+  for with that backend's compiler, the attention and rasterizer choosing that platform's kernels)."""
+  target = parse_target(target) if isinstance(target, str) else target
   if task.abstract_batch is None:
     raise WonderlandError(f"{task.name}: this task cannot be planned (no abstract batch)")
   if rules is None and config.get("parallel") is not None:
@@ -117,22 +120,24 @@ def plan_training(task, config: ml_collections.ConfigDict, mesh, rules=None, *, 
   state_shardings, frozen_shardings, rest_shardings = prepared.shardings
   batch = task.abstract_batch(config)
   global_batch = int(jax.tree.leaves(batch)[0].shape[0])
+  check_batch(global_batch, mesh, rules)
   batch_shardings = jax.tree.map(lambda x: batch_sharding(mesh, rules, x.ndim), batch)
   step = jax.jit(prepared.step, in_shardings=(state_shardings, frozen_shardings, rest_shardings, batch_shardings),
                  out_shardings=(state_shardings, None), donate_argnums=0)
   logger.info("plan: compiling the %s step for %d devices (mesh %s)", task.name, device_count(mesh), dict(mesh.shape))
-  with jax.set_mesh(mesh), activation_rules(rules):
+  with jax.set_mesh(mesh), activation_rules(rules), compiling_for(target.platform):
     lowered = step.lower(prepared.state, prepared.frozen, prepared.rest, batch)
-  # Only XLA's buffer assignment and cost analysis are read: skip the CPU backend's costly code optimisation.
-  compiled = lowered.compile(FAST_COMPILE if fast_compile else None)
+    # Only XLA's buffer assignment and cost analysis are read: skip the CPU backend's costly code optimisation.
+    compiled = lowered.compile(FAST_COMPILE if fast_compile and target.platform == "cpu" else None)
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = cost or {}  # the CUDA plugin gives none
   return Plan(task=task.name, mesh={axis: int(size) for axis, size in mesh.shape.items()},
               global_batch=global_batch, num_trainable=prepared.num_trainable, num_frozen=prepared.num_frozen,
               argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
               alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
-              flops=float(cost.get("flops", 0.0)))
+              flops=float(cost.get("flops", 0.0)), target=target.name)
 
 
 def _get(config, dotted: str):
@@ -150,15 +155,15 @@ def _set(config, dotted: str, value) -> None:
 
 
 def plan_extrapolated(make_task, config: ml_collections.ConfigDict, mesh, depth_keys: tuple,
-                      depths: tuple[int, int] = (2, 4), rules=None) -> Plan:
+                      depths: tuple[int, int] = (2, 4), rules=None, *, target: Target | str = "cpu") -> Plan:
   """A plan for a deep model from two compiled shallow ones: the step is compiled with depths[0] and depths[1]
   blocks (the first of `depth_keys`; the others, e.g. the ControlNet copies, keep their ratio to it) and every
   per-device figure is extended linearly in the number of blocks to the config's. Exact for what is linear in
   depth (params, optimizer state, saved activations, FLOPs); the compile of a 42-block step on CPU takes
   tens of minutes, two shallow ones a few. Parameter counts are the full model's (abstract build)."""
   reference = depth_keys[0]
-  target = int(_get(config, reference))
-  ratios = {key: float(_get(config, key)) / target for key in depth_keys[1:]}
+  full_depth = int(_get(config, reference))
+  ratios = {key: float(_get(config, key)) / full_depth for key in depth_keys[1:]}
   low, high = depths
   if not 0 < low < high:
     raise WonderlandError(f"extrapolation depths {depths}: need 0 < low < high")
@@ -172,19 +177,19 @@ def plan_extrapolated(make_task, config: ml_collections.ConfigDict, mesh, depth_
         raise WonderlandError(f"extrapolation depth {depth}: {key} would be {scaled:g}; choose depths where it is a "
                               f"whole number >= 1 (ratio {ratio:g} to {reference})")
       _set(shallow, key, int(round(scaled)))
-    plans.append(plan_training(make_task(shallow), shallow, mesh, rules))
+    plans.append(plan_training(make_task(shallow), shallow, mesh, rules, target=target))
   full = setup(make_task(config), config, abstract=True)
-  slope = (target - low) / (high - low)
+  slope = (full_depth - low) / (high - low)
   grow = lambda field: getattr(plans[0], field) + (getattr(plans[1], field) - getattr(plans[0], field)) * slope
   return dataclasses.replace(
       plans[0], num_trainable=full.num_trainable, num_frozen=full.num_frozen,
       argument_bytes=int(grow("argument_bytes")), output_bytes=int(grow("output_bytes")),
       alias_bytes=int(grow("alias_bytes")), temp_bytes=int(grow("temp_bytes")), flops=float(grow("flops")),
-      method=f"extrapolated to {target} blocks from compiled {low} and {high}")
+      method=f"extrapolated to {full_depth} blocks from compiled {low} and {high}")
 
 
 def plan_config(config: ml_collections.ConfigDict, mesh, *, model: str | None = None,
-                extrapolate: tuple[int, int] | None = None) -> Plan:
+                extrapolate: tuple[int, int] | None = None, target: Target | str = "cpu") -> Plan:
   """The plan of the step `wonderland train <model>` runs for `config` (a loaded training config; `model`
   defaults to `tasks.task_name(config)`) on `mesh`, with its weight files replaced by random weights of the same
   shapes (`tasks.planning_config`): compiled whole, or with `extrapolate` = (N, M) block counts extended from two
@@ -192,7 +197,8 @@ def plan_config(config: ml_collections.ConfigDict, mesh, *, model: str | None = 
   name = model or task_name(config)
   config = planning_config(name, config)
   if not extrapolate:
-    return plan_training(make_task(name, config), config, mesh)
+    return plan_training(make_task(name, config), config, mesh, target=target)
   if name not in DEPTH_KEYS:
     raise WonderlandError(f"--extrapolate: no depth keys known for {name}")
-  return plan_extrapolated(lambda c: make_task(name, c), config, mesh, DEPTH_KEYS[name], tuple(extrapolate))
+  return plan_extrapolated(lambda c: make_task(name, c), config, mesh, DEPTH_KEYS[name], tuple(extrapolate),
+                           target=target)
