@@ -228,6 +228,13 @@ def _plan(args: argparse.Namespace) -> int:
   if args.json:
     check_output_file(args.json, flag="--json", suffixes=(".json",))
   devices = int(np.prod(list(sizes.values())) * np.prod(list(dcn.values())))
+  if target.platform == "gpu" and "xla_gpu_enable_triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
+    # XLA reads its flags once per process: without this one, deviceless compiles of large GEMMs fail ("Couldn't
+    # find output tile sizes"). Plan in a fresh process that has it.
+    import subprocess  # noqa: PLC0415
+    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()
+    return subprocess.run([sys.executable, "-m", "wonderland_jax.cli", *args.argv],
+                          env=dict(os.environ, XLA_FLAGS=flags)).returncode
   if target.platform == "cpu" and os.environ.get(_PLAN_CHILD) != str(devices):
     # The fake devices must exist before JAX starts its CPU backend: plan in a fresh process.
     import subprocess  # noqa: PLC0415
