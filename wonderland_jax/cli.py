@@ -228,19 +228,18 @@ def _plan(args: argparse.Namespace) -> int:
   if args.json:
     check_output_file(args.json, flag="--json", suffixes=(".json",))
   devices = int(np.prod(list(sizes.values())) * np.prod(list(dcn.values())))
-  if target.platform == "gpu" and "xla_gpu_enable_triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
-    # XLA reads its flags once per process: without this one, deviceless compiles of large GEMMs fail ("Couldn't
-    # find output tile sizes"). Plan in a fresh process that has it.
+  # XLA reads its flags once per process, so a plan that needs some runs in a fresh process started with them
+  # (which reports its own errors: one line, exit 2). CPU: the fake devices must exist before JAX starts its CPU
+  # backend. GPU: without triton GEMMs off, deviceless compiles of large GEMMs fail ("Couldn't find output tile
+  # sizes").
+  needed = {"cpu": f"--xla_force_host_platform_device_count={devices}",
+            "gpu": "--xla_gpu_enable_triton_gemm=false"}.get(target.platform)
+  if needed and os.environ.get(_PLAN_CHILD) != str(devices):
     import subprocess  # noqa: PLC0415
-    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()
-    return subprocess.run([sys.executable, "-m", "wonderland_jax.cli", *args.argv],
-                          env=dict(os.environ, XLA_FLAGS=flags)).returncode
-  if target.platform == "cpu" and os.environ.get(_PLAN_CHILD) != str(devices):
-    # The fake devices must exist before JAX starts its CPU backend: plan in a fresh process.
-    import subprocess  # noqa: PLC0415
-    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    environment = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", **{_PLAN_CHILD: str(devices)})
-    # The child reports its own errors (one line, exit 2).
+    environment = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {needed}".strip(),
+                       **{_PLAN_CHILD: str(devices)})
+    if target.platform == "cpu":
+      environment["JAX_PLATFORMS"] = "cpu"
     return subprocess.run([sys.executable, "-m", "wonderland_jax.cli", *args.argv], env=environment).returncode
   from wonderland_jax.parallel.mesh import make_mesh  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415

@@ -8,7 +8,9 @@ Targets:
   cpu                   this host's CPU (fake devices via --xla_force_host_platform_device_count, as before);
                         memory is compared against `--accelerator`.
   h100, h200, a100      NVIDIA GPUs through the CUDA PJRT plugin (the `gpu` extra: jax[cuda12]); the compiler
-                        reads the chip from a GpuTargetConfigProto text this package ships (`gpu_specs/`);
+                        reads the chip from a GpuTargetConfigProto text this package ships (`gpu_specs/`;
+                        start the process with XLA_FLAGS=--xla_gpu_enable_triton_gemm=false, as `wonderland
+                        plan` does, or large GEMMs fail to compile);
                         H200 is H100's spec with 141 GB and 4.8 TB/s (same SM count and clocks; derived,
                         not read off a device). N GPUs: one host of N when N <= 8, else N / 8 hosts of 8.
   tpu-<gen>:<topology>  TPUs through libtpu (the `tpu` extra: jax[tpu]); the topology as libtpu spells it,
@@ -27,7 +29,6 @@ import contextvars
 import dataclasses
 import functools
 import importlib.resources
-import os
 
 import jax
 
@@ -171,6 +172,11 @@ def gpu_topology(count: int) -> str:
   return f"1x{count // GPUS_PER_HOST}x{GPUS_PER_HOST}"
 
 
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 @functools.lru_cache(maxsize=16)
 def _topology_devices(platform: str, chip: str, topology: str) -> tuple:
   from jax.experimental import topologies  # noqa: PLC0415 (only for accelerator targets)
@@ -181,21 +187,16 @@ def _topology_devices(platform: str, chip: str, topology: str) -> tuple:
     try:
       return tuple(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
     except Exception as error:  # noqa: BLE001 (libtpu reports a bad name as several error types)
-      first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-      raise WonderlandError(f"--target tpu-{name}: libtpu rejects this topology ({first}); known for "
+      raise WonderlandError(f"--target tpu-{name}: libtpu rejects this topology ({_first_line(error)}); known for "
                             f"{chip[4:]}: {', '.join(TPU_TOPOLOGIES[chip[4:]].values())}") from None
   if not _gpu_available():
     raise missing_extra("gpu")
-  os.environ.setdefault("XLA_FLAGS", "")
-  if "xla_gpu_enable_triton_gemm" not in os.environ["XLA_FLAGS"]:
-    # Without it, large GEMMs fail to compile deviceless ("Couldn't find output tile sizes").
-    os.environ["XLA_FLAGS"] = (os.environ["XLA_FLAGS"] + " --xla_gpu_enable_triton_gemm=false").strip()
   try:
     return tuple(topologies.get_topology_desc(platform="cuda", topology_name="", topology=topology,
                                               target_config=gpu_spec(chip)).devices)
   except Exception as error:  # noqa: BLE001 (the plugin reports bad specs as several error types)
-    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    raise WonderlandError(f"--target {chip}: the CUDA plugin cannot make a {topology} topology ({first})") from None
+    raise WonderlandError(f"--target {chip}: the CUDA plugin cannot make a {topology} topology "
+                          f"({_first_line(error)})") from None
 
 
 def compile_devices(target: Target, count: int) -> list:
