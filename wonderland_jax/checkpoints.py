@@ -348,7 +348,8 @@ def _check_kind(directory: Path, found: str, kind: str | Sequence[str] | None) -
 
 
 def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
-         rules: LogicalRules | None = None, kind: str | Sequence[str] | None = None) -> nnx.Module:
+         rules: LogicalRules | None = None, kind: str | Sequence[str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> nnx.Module:
   """Rebuilds the model saved in `directory` and restores its params straight into their target placement.
 
   Args:
@@ -358,6 +359,8 @@ def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
     rules: (logical name, mesh axis or tuple of axes or None) pairs, e.g. [('mlp', 'tensor')]; default none
       (replicate everything).
     kind: the model kind (or kinds) the caller needs; another kind is an `InputFileError` naming both.
+    overrides: config fields to rebuild the model with, e.g. the compute settings {'dtype': 'bfloat16',
+      'attention': 'cudnn'} (`parallel.compute.Compute.overrides`); fields its config does not have are skipped.
 
   Params keep the dtype they were saved in. Non-Param variables (RNG streams, ...) come from the model's
   constructor (seed 0), replicated over the mesh. Raises `InputFileError` for a missing / malformed
@@ -371,6 +374,7 @@ def load(directory: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None,
   wanted = kind
   kind, config, _ = read_description(directory)
   _check_kind(directory, kind, wanted)
+  config = {**config, **{key: value for key, value in (overrides or {}).items() if key in config}}
   build = model_builder(kind)
   try:
     abstract = abstract_model(build, config)

@@ -33,6 +33,7 @@ from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval import command as eval_command
 from wonderland_jax.io_utils import VIDEO_EXTENSIONS, read_image, write_png_sequence, write_video
 from wonderland_jax.outputs import Outputs, check_output_directory, check_output_file
+from wonderland_jax.parallel import compute
 from wonderland_jax.parallel.targets import TARGETS_HELP
 from wonderland_jax.splat import load_ply
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
@@ -108,7 +109,7 @@ def _write_video_outputs(staged: tuple, args: argparse.Namespace, latents, frame
 def _sample(args: argparse.Namespace) -> None:
   with Outputs() as outputs:
     staged = _video_outputs(outputs, args)
-    pipe, image = _load_with_image(args, lambda: VideoPipeline.load(args.model))
+    pipe, image = _load_with_image(args, lambda: VideoPipeline.load(args.model, compute=compute.from_args(args)))
     pipe.check(args.frames, *image.shape[:2])
     latents, frames = pipe.generate(image, args.prompt, **_sampling_options(args, args.frames))
     _write_video_outputs(staged, args, latents, frames)
@@ -142,7 +143,8 @@ def _generate_video(args: argparse.Namespace) -> None:
   with Outputs() as outputs:
     staged = _video_outputs(outputs, args)
     pipe, image = _load_with_image(
-        args, lambda: CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora))
+        args, lambda: CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora,
+                                         compute=compute.from_args(args)))
     cameras = _video_trajectory(args, image.shape[1], image.shape[0])
     latents, frames = pipe.generate(image, args.prompt, cameras, **_sampling_options(args, len(cameras)))
     _write_video_outputs(staged, args, latents, frames)
@@ -154,7 +156,8 @@ def _generate(args: argparse.Namespace) -> None:
   check_output_directory(args.out, args.overwrite)
   _check_trajectory(args.trajectory)
   models, image = _load_with_image(
-      args, lambda: WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora))
+      args, lambda: WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora,
+                                      compute=compute.from_args(args)))
   seconds = {"loading": time.perf_counter() - started}
   cameras = _video_trajectory(args, image.shape[1], image.shape[0])
   gaussians, extras = generate_scene(models, image, cameras, args.prompt, **_sampling_options(args, len(cameras)),
@@ -327,6 +330,7 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dynamic-cfg", action="store_true", help="the pipeline's cosine-shaped dynamic guidance")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--fps", type=flags.positive, default=8.0)
+  compute.add_flags(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

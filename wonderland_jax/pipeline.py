@@ -41,6 +41,7 @@ from wonderland_jax.errors import InputFileError
 from wonderland_jax.io_utils import atomic_directory, write_json, write_video
 from wonderland_jax.models.lalrm import LaLRM
 from wonderland_jax.models.vae import VAEConfig
+from wonderland_jax.parallel.compute import Compute
 from wonderland_jax.progress import progress
 from wonderland_jax.reconstruct import check_latents, check_vae, reconstruct_latents
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
@@ -61,20 +62,24 @@ class WonderlandPipeline:
 
   @classmethod
   def load(cls, model_directory: str | os.PathLike, branch_directory: str | os.PathLike,
-           lalrm_directory: str | os.PathLike, *, merge_lora: bool = False) -> WonderlandPipeline:
+           lalrm_directory: str | os.PathLike, *, merge_lora: bool = False,
+           compute: Compute | None = None) -> WonderlandPipeline:
     """A converted CogVideoX pipeline (`wonderland convert cogvideox`), a camera branch (`wonderland train
     camera-dit`: `<workdir>/model`) and an LaLRM (`wonderland train lalrm`: `<workdir>/model`). Raises
     `InputFileError` naming the directory at fault; the LaLRM is checked against the VAE's config before the
-    video model loads."""
+    video model loads. `compute`: dtype, attention and mesh of every model (`parallel.compute`; default
+    `Compute.create()`: bfloat16 on accelerators, float32 on CPU, one device)."""
     kind = checkpoints.read_description(lalrm_directory)[0]
     if kind != "lalrm":
       raise InputFileError(f"{lalrm_directory}: a {kind!r} checkpoint, not an LaLRM (`wonderland train lalrm`: "
                            "<workdir>/model)")
-    lalrm = checkpoints.load(lalrm_directory)
+    compute = Compute.create() if compute is None else compute
+    with compute.loading():
+      lalrm = compute.cast(checkpoints.load(lalrm_directory, overrides=compute.overrides()))
     read_pipeline(model_directory)  # its own message when model_directory is not a converted pipeline
     vae_config = VAEConfig.from_diffusers(checkpoints.read_description(Path(model_directory) / "vae")[1])
     check_vae(lalrm.config, vae_config, str(lalrm_directory), str(model_directory))
-    video = CameraVideoPipeline.load(model_directory, branch_directory, merge_lora=merge_lora)
+    video = CameraVideoPipeline.load(model_directory, branch_directory, merge_lora=merge_lora, compute=compute)
     return cls(video, lalrm, *checkpoints.pose_normalization(lalrm_directory))
 
   @property
@@ -122,8 +127,9 @@ def generate_scene(models: WonderlandPipeline, image: np.ndarray, cameras: Camer
                                       use_dynamic_cfg=use_dynamic_cfg, key=key, decode=False)
   latents = jax.block_until_ready(vae_config.scale_latents(unscaled))
   seconds["sampling"] = time.perf_counter() - start
-  gaussians, rebased, scale = _run_stage("reconstruction", seconds, lambda: reconstruct_latents(
-      models.lalrm, latents, cameras, scale_mode=models.scale_mode, scale_target=models.scale_target))
+  with video.compute.running():
+    gaussians, rebased, scale = _run_stage("reconstruction", seconds, lambda: reconstruct_latents(
+        models.lalrm, latents, cameras, scale_mode=models.scale_mode, scale_target=models.scale_target))
   frames = _run_stage("decoding", seconds, lambda: video.decode_frames(unscaled)) if decode_video else None
   logger.info("scene: %d Gaussians (sampling %.1fs, reconstruction %.1fs)", gaussians.num, seconds["sampling"],
               seconds["reconstruction"])

@@ -29,6 +29,7 @@ from wonderland_jax.diffusion.pipeline import VideoPipeline
 from wonderland_jax.diffusion.sampling import padded_latent_frames
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models import camera_dit
+from wonderland_jax.parallel.compute import Compute
 
 
 def _check_batch(cameras: Camera) -> None:
@@ -45,13 +46,15 @@ class CameraVideoPipeline:
   scale_target: float = 1.0
 
   @classmethod
-  def load(cls, directory: str | os.PathLike, branch: str | os.PathLike, *,
-           merge_lora: bool = False) -> CameraVideoPipeline:
+  def load(cls, directory: str | os.PathLike, branch: str | os.PathLike, *, merge_lora: bool = False,
+           compute: Compute | None = None) -> CameraVideoPipeline:
     """The converted pipeline in `directory` (`wonderland convert cogvideox`) with the camera branch checkpoint
     `branch` (`camera_dit.save_branch`, `wonderland train camera-dit`: `<workdir>/model`) on its transformer.
-    `merge_lora` folds the branch's adapters into the base kernels (faster, same output up to rounding)."""
-    pipeline = VideoPipeline.load(directory)
-    transformer = camera_dit.load(pipeline.transformer, branch, merge=merge_lora)
+    `merge_lora` folds the branch's adapters into the base kernels (faster, same output up to rounding).
+    `compute`: dtype, attention and mesh (`VideoPipeline.load`); the branch is built and cast like the base."""
+    pipeline = VideoPipeline.load(directory, compute=compute)
+    with pipeline.compute.loading():
+      transformer = pipeline.compute.cast(camera_dit.load(pipeline.transformer, branch, merge=merge_lora))
     vae_factor = pipeline.vae.config.spatial_compression
     if transformer.camera.spatial_compression != vae_factor:
       raise InputFileError(f"{branch}: the camera branch reads rays at {transformer.camera.spatial_compression}x "

@@ -5,6 +5,11 @@
 
 `latents` are the denoised video latents (B=1, 1 + (F - 1) / 4, H / 8, W / 8, 16), unscaled as the VAE
 wants them for decoding; `frames` (F, H, W, 3) in [0, 1].
+
+`load(..., compute=Compute.create(dtype=, attention=, mesh=))` (`parallel.compute`; default: bfloat16 on
+accelerators, float32 on CPU, attention 'auto', one device) rebuilds the components with that dtype and
+attention, casts their params to it, loads them onto the mesh, and `generate` runs every stage under it (the
+guided batch over 'data', the video tokens over 'context'); the VAE tiles on accelerators.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from wonderland_jax.diffusion.schedulers import SchedulerConfig
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models.t5 import encode_prompt
 from wonderland_jax.models.t5_tokenizer import T5Tokenizer
+from wonderland_jax.parallel.compute import Compute
 
 
 @dataclasses.dataclass
@@ -35,10 +41,13 @@ class VideoPipeline:
   text_encoder: nnx.Module
   tokenizer: T5Tokenizer
   scheduler: SchedulerConfig
+  compute: Compute = dataclasses.field(default_factory=Compute)
 
   @classmethod
-  def load(cls, directory: str | os.PathLike) -> VideoPipeline:
+  def load(cls, directory: str | os.PathLike, *, compute: Compute | None = None) -> VideoPipeline:
+    """The converted pipeline in `directory`, built and placed as `compute` says (default `Compute.create()`)."""
     directory = Path(directory)
+    compute = Compute.create() if compute is None else compute
     components = read_pipeline(directory)["components"]
     missing = [name for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
                if name not in components]
@@ -50,10 +59,15 @@ class VideoPipeline:
       scheduler = SchedulerConfig.from_diffusers(json.loads(scheduler_json.read_text()))
     except FileNotFoundError:
       raise InputFileError(f"{scheduler_json}: not found") from None
-    return cls(transformer=checkpoints.load(directory / "transformer", kind="cogvideox_transformer"),
-               vae=checkpoints.load(directory / "vae", kind="cogvideox_vae"),
-               text_encoder=checkpoints.load(directory / "text_encoder", kind="t5_encoder"),
-               tokenizer=T5Tokenizer.from_folder(directory / "tokenizer"), scheduler=scheduler)
+    tokenizer = T5Tokenizer.from_folder(directory / "tokenizer")
+    overrides = compute.overrides()
+    with compute.loading():
+      transformer, vae, text_encoder = (
+          compute.cast(checkpoints.load(directory / name, kind=kind, overrides=overrides))
+          for name, kind in (("transformer", "cogvideox_transformer"), ("vae", "cogvideox_vae"),
+                             ("text_encoder", "t5_encoder")))
+    return cls(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+               scheduler=scheduler, compute=compute)
 
   @property
   def default_size(self) -> tuple[int, int]:
@@ -78,6 +92,12 @@ class VideoPipeline:
     """image (H, W, 3) in [0, 1] at the video size -> (latents, frames in [0, 1]). plucker: the camera
     condition of a camera-guided transformer (see `sample_image_to_video`; `CameraVideoPipeline` makes it).
     decode=False skips the VAE decoder (frames None; `decode_frames` decodes the latents later)."""
+    with self.compute.running():
+      return self._generate(image, prompt, negative_prompt, num_frames, num_inference_steps, guidance_scale,
+                            use_dynamic_cfg, key, plucker, decode)
+
+  def _generate(self, image, prompt, negative_prompt, num_frames, num_inference_steps, guidance_scale,
+                use_dynamic_cfg, key, plucker, decode):
     height, width = image.shape[:2]
     num_latent_frames = self.check(num_frames, height, width)
     max_length = self.transformer.config.max_text_seq_length
@@ -87,7 +107,7 @@ class VideoPipeline:
     factor = self.vae.config.spatial_compression
     noise_shape = (1, 1, height // factor, width // factor, self.vae.config.latent_channels)
     image_latents = encode_image(self.vae, jnp.asarray(image, jnp.float32)[None] * 2 - 1,
-                                 jax.random.normal(image_key, noise_shape))
+                                 jax.random.normal(image_key, noise_shape), tiled=self.compute.vae_tiling)
     latents = sample_image_to_video(self.transformer, self.scheduler, image_latents, prompt_embeds, negative_embeds,
                                     num_latent_frames=num_latent_frames, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg, key=sample_key,
@@ -96,14 +116,15 @@ class VideoPipeline:
     return unscaled, self.decode_frames(unscaled) if decode else None
 
   def decode_frames(self, latents: jax.Array) -> np.ndarray:
-    """Unscaled latents (1, t, h, w, C) -> frames (1 + 4 (t - 1), H, W, 3) in [0, 1]."""
-    frames = _decode(self.vae, latents)[0]
-    return np.clip((np.asarray(frames) + 1) / 2, 0, 1)
+    """Unscaled latents (1, t, h, w, C) -> frames (1 + 4 (t - 1), H, W, 3) in [0, 1] (float32)."""
+    with self.compute.running():
+      frames = _decode(self.vae, latents, tiled=self.compute.vae_tiling)[0]
+    return np.clip((np.asarray(frames, np.float32) + 1) / 2, 0, 1)
 
 
-@nnx.jit
-def _decode(vae, latents):
-  return vae.decode(latents)
+@nnx.jit(static_argnames="tiled")
+def _decode(vae, latents, tiled=False):
+  return vae.decode(latents, tiled=tiled)
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

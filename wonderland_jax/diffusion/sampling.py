@@ -33,11 +33,13 @@ from wonderland_jax.errors import WonderlandError
 from wonderland_jax.progress import progress
 
 
-def encode_image(vae, image: jax.Array, noise: jax.Array) -> jax.Array:
+def encode_image(vae, image: jax.Array, noise: jax.Array, *, tiled: bool = False) -> jax.Array:
   """The pipeline's image latents: image (B, H, W, 3) in [-1, 1] -> (B, 1, h, w, C) = posterior sample times
-  the VAE's scaling factor (divided by it when `invert_scale_latents`). `noise` (B, 1, h, w, C) ~ N(0, 1)."""
-  posterior = vae.encode(image[:, None])
-  return vae.config.scale_latents(posterior.mean + posterior.std * noise)
+  the VAE's scaling factor (divided by it when `invert_scale_latents`). `noise` (B, 1, h, w, C) ~ N(0, 1).
+  tiled: diffusers' spatial tiling (`CogVideoXVAE.encode`), for large images on accelerators."""
+  posterior = vae.encode(image[:, None].astype(jnp.dtype(vae.config.dtype)), tiled=tiled)
+  mean, std = posterior.mean.astype(jnp.float32), posterior.std.astype(jnp.float32)
+  return vae.config.scale_latents(mean + std * noise)
 
 
 # The I2V pipeline's `ofs` for CogVideoX 1.5 I2V transformers (those with an ofs embedding).

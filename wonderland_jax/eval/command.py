@@ -28,13 +28,15 @@ from wonderland_jax.eval.protocol import (
   sample_clips,
 )
 from wonderland_jax.outputs import check_writable
+from wonderland_jax.parallel import compute
 
 logger = logging.getLogger("wonderland_jax")
 
 # The flags that decide what is generated: a rerun into the same --out must keep them (the others, the metric
 # weights and --colmap, may be added in a later pass).
 GENERATION_FLAGS = ("kind", "data", "format", "images_dir", "num", "stride", "seed", "frames", "size", "model",
-                    "branch", "lalrm", "prompt", "negative_prompt", "steps", "guidance", "dynamic_cfg", "merge_lora")
+                    "branch", "lalrm", "prompt", "negative_prompt", "steps", "guidance", "dynamic_cfg", "merge_lora",
+                    "dtype")
 
 
 def add_parser(commands, run_command) -> None:
@@ -81,6 +83,7 @@ def add_parser(commands, run_command) -> None:
     parser.add_argument("--label", default=None, help="the table's Dataset cell (default: --format)")
     parser.add_argument("--fps", type=flags.positive, default=8.0, help="of the written videos")
     parser.add_argument("--out", required=True, help="output folder; rerunning resumes it")
+    compute.add_flags(parser)
     parser.set_defaults(run=run_command)
 
 
@@ -111,12 +114,14 @@ def run(args: argparse.Namespace) -> dict:
   clips = sample_clips(scan, args.num, args.frames, stride, args.seed)
   if args.kind == "video":
     from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline  # noqa: PLC0415
-    models = CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora)
+    models = CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora,
+                                     compute=compute.from_args(args))
     video = models.pipeline
   else:
     from wonderland_jax.pipeline import WonderlandPipeline, generate_scene  # noqa: PLC0415
     from wonderland_jax.splat.flythrough import render_frames  # noqa: PLC0415
-    models = WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora)
+    models = WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora,
+                                    compute=compute.from_args(args))
     video = models.video.pipeline
   height, width = (args.size[1], args.size[0]) if args.size else models.default_size
   video.check(args.frames, height, width)

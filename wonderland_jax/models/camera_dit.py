@@ -287,6 +287,10 @@ def load(base: str | os.PathLike | CogVideoXTransformer, branch: str | os.PathLi
   checkpoints.check_fit(checkpoints.flat_shapes(nnx.to_pure_dict(state)), checkpoints.flat_shapes(params),
                         f"{branch}: branch params do not fit this config", error=InputFileError,
                         mismatch="{key}: stored {found}, model {expected}")
+  # Onto the placement the branch was built with (a mesh under `building_on`), in the dtype it was built with.
+  built = nnx.to_pure_dict(state)
+  params = jax.tree.map(lambda value, like: jax.device_put(jnp.asarray(value, like.dtype), like.sharding),
+                        params, built)
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
   if merge:
