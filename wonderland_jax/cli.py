@@ -224,6 +224,8 @@ def _plan(args: argparse.Namespace) -> int:
   sizes, dcn = parse_axes(args.mesh), parse_axes(args.dcn)
   if -1 in sizes.values() or -1 in dcn.values():
     raise WonderlandError(f"--mesh {args.mesh}: give every axis size (a plan has no devices to fill in)")
+  if args.job == "train" and not args.config:
+    raise WonderlandError("--config: required for --job train (a training config file or a name in configs/)")
   target = parse_target(args.target)
   accelerator_name = args.accelerator or target.chip or "h100"
   if accelerator_name not in ACCELERATORS:
@@ -256,9 +258,12 @@ def _plan(args: argparse.Namespace) -> int:
     if len(depths) != 2:
       raise WonderlandError(f"--extrapolate {args.extrapolate!r}: two block counts like 2,4")
   mesh = make_mesh(args.mesh, dcn=args.dcn or None, devices=compile_devices(target, devices))
-  plan = plan_config(load_config(args.config, args.overrides), mesh, model=args.model, extrapolate=depths,
-                     target=target)
   accelerator = ACCELERATORS[accelerator_name]
+  if args.job == "train":
+    plan = plan_config(load_config(args.config, args.overrides), mesh, model=args.model, extrapolate=depths,
+                       target=target)
+  else:
+    plan = _plan_inference(args, mesh, target, accelerator)
   print(plan.table(accelerator, args.mfu))
   if not plan.fits(accelerator):
     logger.warning("this plan needs %.1f GiB per device; %s has %.0f GiB: shard further (fsdp / tensor / context) "
@@ -272,6 +277,29 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 _PLAN_CHILD = "WONDERLAND_PLAN_DEVICES"
+
+
+def _plan_inference(args: argparse.Namespace, mesh, target, accelerator):
+  """`plan --job sample|encode|decode|reconstruct|image-to-scene`: prints each job's table; returns the last
+  (image-to-scene: the sum)."""
+  from wonderland_jax.parallel.compute import TILE_FROM  # noqa: PLC0415
+  from wonderland_jax.train.config import load_config  # noqa: PLC0415
+  from wonderland_jax.train.plan_jobs import Sizes, image_to_scene, plan_job  # noqa: PLC0415
+  if args.extrapolate:
+    raise WonderlandError("--extrapolate is for --job train; inference jobs compile whole")
+  config = load_config(args.config or "camera_dit_5b", args.overrides)
+  lalrm_config = load_config(args.lalrm_config, [])
+  dtype = args.dtype if args.dtype != "auto" else ("float32" if target.platform == "cpu" else "bfloat16")
+  width, height = args.size
+  sizes = Sizes(frames=args.frames, height=height, width=width, vae_tiling=min(height, width) >= TILE_FROM)
+  names = ("encode", "sample", "decode", "reconstruct") if args.job == "image-to-scene" else (args.job,)
+  jobs = {}
+  for name in names:
+    jobs[name] = plan_job(name, config, mesh, target=target, lalrm_config=lalrm_config, dtype=dtype,
+                          attention=args.attention, sizes=sizes)
+    if len(names) > 1:
+      print(jobs[name].plan.table(accelerator, args.mfu) + "\n")
+  return image_to_scene(jobs, steps=args.steps) if args.job == "image-to-scene" else jobs[args.job].plan
 
 
 def _prepare_latents(args: argparse.Namespace) -> None:
@@ -435,7 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
       "plan", help="compile a config's training step for a device mesh with abstract inputs on fake CPU devices "
                    "(nothing allocated) and print per-device memory, FLOPs and the implied step time; extra "
                    "--config.a.b=value flags override the config")
-  planning.add_argument("--config", required=True, help="a training config file or the name of one in configs/")
+  planning.add_argument("--config", default=None, help="a training config file or the name of one in configs/ "
+                        "(required for --job train; inference jobs read the camera-DiT config, default camera_dit_5b)")
+  planning.add_argument("--job", choices=("train", "sample", "encode", "decode", "reconstruct", "image-to-scene"),
+                        default="train", help="what to compile: the config's training step, or an inference job at "
+                        "full size: one guided sampling step, the VAE encoding the image / decoding the video "
+                        "(tiled), the LaLRM + one rendered view, or image-to-scene (their sum with --steps steps)")
+  planning.add_argument("--lalrm-config", default="lalrm_highres", help="the LaLRM of --job reconstruct")
+  planning.add_argument("--frames", type=flags.positive_int, default=49, help="inference jobs: video frames")
+  planning.add_argument("--size", type=flags.size, default=(720, 480), help="inference jobs: WIDTHxHEIGHT")
+  planning.add_argument("--steps", type=flags.positive_int, default=50, help="image-to-scene: sampling steps")
+  planning.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="inference jobs: params and compute (auto: bfloat16 on accelerator targets)")
+  planning.add_argument("--attention", choices=("auto", "xla", "cudnn", "splash", "chunked"), default="auto",
+                        help="inference jobs: attention kernel (auto: cudnn on NVIDIA, splash on TPU)")
   planning.add_argument("--mesh", required=True,
                         help="axis sizes per slice / node, e.g. data=8,fsdp=8 (axes: data, fsdp, context, tensor)")
   planning.add_argument("--dcn", default="", help="axis sizes across slices / nodes (hybrid mesh), e.g. data=4")

@@ -107,7 +107,8 @@ class VideoPipeline:
     factor = self.vae.config.spatial_compression
     noise_shape = (1, 1, height // factor, width // factor, self.vae.config.latent_channels)
     image_latents = encode_image(self.vae, jnp.asarray(image, jnp.float32)[None] * 2 - 1,
-                                 jax.random.normal(image_key, noise_shape), tiled=self.compute.vae_tiling)
+                                 jax.random.normal(image_key, noise_shape),
+                                 tiled=self.compute.tile_vae(height, width))
     latents = sample_image_to_video(self.transformer, self.scheduler, image_latents, prompt_embeds, negative_embeds,
                                     num_latent_frames=num_latent_frames, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, use_dynamic_cfg=use_dynamic_cfg, key=sample_key,
@@ -118,7 +119,9 @@ class VideoPipeline:
   def decode_frames(self, latents: jax.Array) -> np.ndarray:
     """Unscaled latents (1, t, h, w, C) -> frames (1 + 4 (t - 1), H, W, 3) in [0, 1] (float32)."""
     with self.compute.running():
-      frames = _decode(self.vae, latents, tiled=self.compute.vae_tiling)[0]
+      factor = self.vae.config.spatial_compression
+      tiled = self.compute.tile_vae(latents.shape[2] * factor, latents.shape[3] * factor)
+      frames = _decode(self.vae, latents, tiled=tiled)[0]
     return np.clip((np.asarray(frames, np.float32) + 1) / 2, 0, 1)
 
 

@@ -38,6 +38,7 @@ from wonderland_jax.nn.partitioning import DEFAULT_RULES, activation_rules, buil
 from wonderland_jax.parallel.mesh import make_mesh, parse_axes
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TILE_FROM = 256  # pixels a side from which the VAE tiles on accelerators (480x720: 240x360 tiles)
 
 
 def accelerator_backend() -> bool:
@@ -51,7 +52,7 @@ class Compute:
   dtype: str = "float32"  # resolved: float32 | bfloat16 | float16
   attention: str = "auto"
   mesh: jax.sharding.Mesh | None = None
-  vae_tiling: bool = False
+  vae_tiling: bool | None = False  # None: `tile_vae` decides by the frame size
   rules: tuple = DEFAULT_RULES
 
   @classmethod
@@ -66,7 +67,14 @@ class Compute:
     if dtype == "auto":
       dtype = "bfloat16" if accelerator_backend() else "float32"
     return cls(dtype=dtype, attention=attention, mesh=inference_mesh(mesh) if mesh else None,
-               vae_tiling=accelerator_backend() if vae_tiling is None else bool(vae_tiling))
+               vae_tiling=(None if accelerator_backend() else False) if vae_tiling is None else bool(vae_tiling))
+
+  def tile_vae(self, height: int, width: int) -> bool:
+    """Whether the VAE tiles frames of height x width: as set, or (auto on accelerators) from TILE_FROM pixels
+    a side, where diffusers' tiles (half the VAE's sample size, overlapping) fit the frame whole."""
+    if self.vae_tiling is None:
+      return min(height, width) >= TILE_FROM
+    return self.vae_tiling
 
   @property
   def context(self) -> int:

@@ -49,6 +49,7 @@ class Plan:
   flops: float  # per device per step
   method: str = "compiled"  # or "extrapolated from N and M blocks" (see plan_extrapolated)
   target: str = "cpu"  # what it was compiled for (`parallel.targets`)
+  unit: str = "step"  # what one compiled call is (the inference jobs of `train.plan_jobs`: "run")
 
   @property
   def devices(self) -> int:
@@ -80,10 +81,12 @@ class Plan:
             ("per device: outputs (not donated)", f"{max(self.output_bytes - self.alias_bytes, 0) / GIB:.2f} GiB"),
             ("per device: peak", f"{self.peak_bytes / GIB:.2f} GiB of {accelerator.memory_bytes / GIB:.0f} GiB "
                                  f"({accelerator.name})"),
-            ("FLOPs per step", f"{self.flops:.3e} per device, {self.flops * self.devices:.3e} total"),
-            (f"step time at {mfu:.0%} MFU", f"{self.step_seconds(accelerator, mfu):.2f} s on {accelerator.name}")]
+            (f"FLOPs per {self.unit}", f"{self.flops:.3e} per device, {self.flops * self.devices:.3e} total"),
+            (f"{self.unit} time at {mfu:.0%} MFU",
+             f"{self.step_seconds(accelerator, mfu):.2f} s on {accelerator.name}")]
     if not self.flops:  # the CUDA plugin gives no cost analysis
-      rows[-2:] = [("FLOPs per step", f"not given by the {self.target} compiler (plan --target cpu counts them)")]
+      rows[-2:] = [(f"FLOPs per {self.unit}",
+                    f"not given by the {self.target} compiler (plan --target cpu counts them)")]
     width = max(len(name) for name, _ in rows)
     lines = [f"| {name.ljust(width)} | {value} |" for name, value in rows]
     return "\n".join(lines)
