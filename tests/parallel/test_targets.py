@@ -126,3 +126,50 @@ def test_lalrm_step_with_cudnn_attention_compiles_for_two_h100s(tmp_path):
   plan = json.loads(out.read_text())
   assert plan["target"] == "h100" and plan["devices"] == 2 and plan["fits"]
   assert 0 < plan["argument_bytes"] < 2 ** 30 and 0 < plan["temp_bytes"] < 2 ** 30
+
+
+@TPU
+def test_camera_dit_step_with_splash_attention_compiles_for_a_tpu(tmp_path):
+  out = tmp_path / "plan.json"
+  assert main(["plan", "--config", "camera_dit_tiny", "--mesh", "data=2,fsdp=2", "--target", "tpu-v5e:2x2",
+               "--json", str(out), "--config.base.attention=splash", "--config.base.dtype=bfloat16",
+               "--config.base.random_config.num_layers=2", "--config.camera.controlnet_layers=1"]) == 0
+  plan = json.loads(out.read_text())
+  assert plan["task"] == "camera-dit" and plan["target"] == "tpu-v5e:2x2" and plan["devices"] == 4
+  assert 0 < plan["argument_bytes"] < 2 ** 30 and 0 < plan["temp_bytes"] < 2 ** 30 and plan["flops"] > 1e6
+  assert plan["fits"]
+
+
+@TPU
+def test_a_sampling_step_over_context_and_data_compiles_for_a_tpu(tmp_path):
+  # One guided step of the tiny camera-guided transformer, its two halves over data, tokens over context.
+  out = tmp_path / "plan.json"
+  assert main(["plan", "--job", "sample", "--config", "camera_dit_tiny", "--frames", "9", "--size", "32x32",
+               "--mesh", "context=2,data=2", "--target", "tpu-v5e:2x2", "--attention", "splash",
+               "--json", str(out)]) == 0
+  plan = json.loads(out.read_text())
+  assert plan["task"] == "sample (9x32x32)" and plan["unit"] == "run" and plan["devices"] == 4
+  assert plan["method"] == "compiled whole (bfloat16, attention splash)" and plan["global_batch"] == 2
+  assert 0 < plan["argument_bytes"] < 2 ** 28 and 0 < plan["temp_bytes"] < 2 ** 28 and plan["fits"]
+  assert plan["flops"] > 1e6 and plan["mesh"] == {"data": 2, "fsdp": 1, "context": 2, "tensor": 1}
+
+
+def test_image_to_scene_sums_the_compiled_jobs(tmp_path, capfd):
+  out = tmp_path / "scene.json"
+  assert main(["plan", "--job", "image-to-scene", "--config", "camera_dit_tiny", "--lalrm-config", "lalrm_tiny",
+               "--frames", "9", "--size", "32x32", "--mesh", "data=2", "--steps", "10", "--json", str(out)]) == 0
+  printed = capfd.readouterr().out
+  for job in ("encode (9x32x32)", "sample (9x32x32)", "decode (9x32x32)", "reconstruct (9x32x32)"):
+    assert f"| task                              | {job} |" in printed
+  scene = json.loads(out.read_text())
+  assert scene["task"] == "image-to-scene (encode + 10 x sample + decode + reconstruct)"
+  flops = [float(line.split("|")[2].split()[0]) for line in printed.splitlines() if line.startswith("| FLOPs")]
+  encode, sample, decode, reconstruct = flops[:4]
+  assert scene["flops"] == pytest.approx(encode + 10 * sample + decode + reconstruct, rel=1e-3)
+  assert sample > 0 and reconstruct > 0 and scene["peak_bytes"] > 0
+
+  assert main(["plan", "--mesh", "data=1"]) == 2
+  assert "--config: required for --job train" in capfd.readouterr().err
+  assert main(["plan", "--job", "sample", "--config", "camera_dit_tiny", "--mesh", "data=1",
+               "--extrapolate", "2,4"]) == 2
+  assert "--extrapolate is for --job train" in capfd.readouterr().err
