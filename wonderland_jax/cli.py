@@ -259,11 +259,12 @@ def _plan(args: argparse.Namespace) -> int:
       raise WonderlandError(f"--extrapolate {args.extrapolate!r}: two block counts like 2,4")
   mesh = make_mesh(args.mesh, dcn=args.dcn or None, devices=compile_devices(target, devices))
   accelerator = ACCELERATORS[accelerator_name]
+  jobs = {}
   if args.job == "train":
     plan = plan_config(load_config(args.config, args.overrides), mesh, model=args.model, extrapolate=depths,
                        target=target)
   else:
-    plan = _plan_inference(args, mesh, target, accelerator)
+    plan, jobs = _plan_inference(args, mesh, target, accelerator)
   print(plan.table(accelerator, args.mfu))
   if not plan.fits(accelerator):
     logger.warning("this plan needs %.1f GiB per device; %s has %.0f GiB: shard further (fsdp / tensor / context) "
@@ -271,8 +272,10 @@ def _plan(args: argparse.Namespace) -> int:
                    accelerator.memory_bytes / 2 ** 30)
   if args.json:
     with Outputs() as outputs:
-      outputs.file(args.json, flag="--json").write_text(json.dumps(plan.to_dict(accelerator, args.mfu), indent=2)
-                                                         + "\n")
+      report = plan.to_dict(accelerator, args.mfu)
+      if len(jobs) > 1:
+        report["jobs"] = {name: job.plan.to_dict(accelerator, args.mfu) for name, job in jobs.items()}
+      outputs.file(args.json, flag="--json").write_text(json.dumps(report, indent=2) + "\n")
   return 0
 
 
@@ -280,8 +283,8 @@ _PLAN_CHILD = "WONDERLAND_PLAN_DEVICES"
 
 
 def _plan_inference(args: argparse.Namespace, mesh, target, accelerator):
-  """`plan --job sample|encode|decode|reconstruct|image-to-scene`: prints each job's table; returns the last
-  (image-to-scene: the sum)."""
+  """`plan --job sample|encode|decode|reconstruct|image-to-scene`: prints each job's table; returns (the plan of
+  the job, or image-to-scene's sum of them, {job: JobPlan})."""
   from wonderland_jax.parallel.compute import TILE_FROM  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
   from wonderland_jax.train.plan_jobs import Sizes, image_to_scene, plan_job  # noqa: PLC0415
@@ -299,7 +302,7 @@ def _plan_inference(args: argparse.Namespace, mesh, target, accelerator):
                           attention=args.attention, sizes=sizes)
     if len(names) > 1:
       print(jobs[name].plan.table(accelerator, args.mfu) + "\n")
-  return image_to_scene(jobs, steps=args.steps) if args.job == "image-to-scene" else jobs[args.job].plan
+  return (image_to_scene(jobs, steps=args.steps) if args.job == "image-to-scene" else jobs[args.job].plan), jobs
 
 
 def _prepare_latents(args: argparse.Namespace) -> None:

@@ -141,7 +141,7 @@ def test_camera_dit_step_with_splash_attention_compiles_for_a_tpu(tmp_path):
 
 
 @TPU
-def test_a_sampling_step_over_context_and_data_compiles_for_a_tpu(tmp_path):
+def test_a_sampling_step_over_context_and_data_compiles_for_a_tpu(tmp_path, capfd):
   # One guided step of the tiny camera-guided transformer, its two halves over data, tokens over context.
   out = tmp_path / "plan.json"
   assert main(["plan", "--job", "sample", "--config", "camera_dit_tiny", "--frames", "9", "--size", "32x32",
@@ -152,6 +152,11 @@ def test_a_sampling_step_over_context_and_data_compiles_for_a_tpu(tmp_path):
   assert plan["method"] == "compiled whole (bfloat16, attention splash)" and plan["global_batch"] == 2
   assert 0 < plan["argument_bytes"] < 2 ** 28 and 0 < plan["temp_bytes"] < 2 ** 28 and plan["fits"]
   assert plan["flops"] > 1e6 and plan["mesh"] == {"data": 2, "fsdp": 1, "context": 2, "tensor": 1}
+  # An attention the target cannot run is one line.
+  assert main(["plan", "--job", "sample", "--config", "camera_dit_tiny", "--frames", "9", "--size", "32x32",
+               "--mesh", "data=1", "--target", "tpu-v5e:2x2", "--attention", "cudnn"]) == 2
+  lines = [line for line in capfd.readouterr().err.strip().splitlines() if "error" in line]
+  assert len(lines) == 1 and "attention implementation 'cudnn' needs an NVIDIA GPU" in lines[0], lines
 
 
 def test_image_to_scene_sums_the_compiled_jobs(tmp_path, capfd):

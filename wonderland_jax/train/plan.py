@@ -68,7 +68,8 @@ class Plan:
 
   def to_dict(self, accelerator: Accelerator, mfu: float) -> dict:
     return dict(dataclasses.asdict(self), peak_bytes=self.peak_bytes, devices=self.devices,
-                accelerator=accelerator.name, mfu=mfu, step_seconds=self.step_seconds(accelerator, mfu),
+                accelerator=accelerator.name, accelerator_memory_bytes=accelerator.memory_bytes, mfu=mfu,
+                step_seconds=self.step_seconds(accelerator, mfu),
                 fits=self.fits(accelerator))
 
   def table(self, accelerator: Accelerator, mfu: float) -> str:
