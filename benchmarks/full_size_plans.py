@@ -41,9 +41,16 @@ ROWS = {
         "camera-dit-h100-64": CAMERA_DIT + ["--target", "h100", "--config.base.attention=cudnn"] + _train(64),
         "camera-dit-h200-64": CAMERA_DIT + ["--target", "h200", "--config.base.attention=cudnn"] + _train(64),
         "camera-dit-h200-256": CAMERA_DIT + ["--target", "h200", "--config.base.attention=cudnn"] + _train(256),
+        # The same step compiled whole (all 42 + 21 blocks), to check the extrapolation.
+        "camera-dit-h100-8-whole": ["--config", "camera_dit_5b", "--target", "h100",
+                                    "--config.base.attention=cudnn"] + _train(8),
         "lalrm-lowres-h100-8": ["--config", "lalrm_lowres", "--target", "h100", "--config.model.attention=cudnn"]
         + _train(8),
         "lalrm-highres-h100-8": ["--config", "lalrm_highres", "--target", "h100", "--config.model.attention=cudnn"]
+        + _train(8),
+        "lalrm-highres-h100-8-remat": ["--config", "lalrm_highres", "--target", "h100",
+                                       "--config.model.attention=cudnn", "--config.model.remat=full"] + _train(8),
+        "lalrm-highres-h200-8": ["--config", "lalrm_highres", "--target", "h200", "--config.model.attention=cudnn"]
         + _train(8),
     },
     "tpu": {
@@ -52,7 +59,7 @@ ROWS = {
         "camera-dit-v5p-8": CAMERA_DIT + ["--target", "tpu-v5p:2x2x2", "--config.base.attention=splash"] + _train(8),
         "camera-dit-v5p-64": CAMERA_DIT + ["--target", "tpu-v5p:4x4x4", "--config.base.attention=splash"]
         + _train(64),
-        "camera-dit-v5p-256": CAMERA_DIT + ["--target", "tpu-v5p:8x8x4", "--config.base.attention=splash"]
+        "camera-dit-v5p-256": CAMERA_DIT + ["--target", "tpu-v5p:4x8x8", "--config.base.attention=splash"]
         + _train(256),
         "lalrm-lowres-v5p-8": ["--config", "lalrm_lowres", "--target", "tpu-v5p:2x2x2",
                                "--config.model.attention=splash"] + _train(8),

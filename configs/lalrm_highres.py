@@ -24,6 +24,7 @@ def get_config():
   config.model.gaussian_stride = 8
   config.data.height, config.data.width = 480, 720
   config.render.capacity = 1 << 26
+  config.render.views_per_pass = 8  # 48 views in 6 rematerialised passes: one pass's pair buffers at a time
   config.train.steps = 100_000
   config.init_from = ""
   return config

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = data_block(source="latents", encode_frames=False, num_frames=49, height=256, width=384,
                            num_target_seen=24, num_target_unseen=24, num_eval_scenes=100, worker_threads=8,
                            num_train_scenes=1000)
-  config.render = dict(capacity=1 << 24, tile_size=16, background=(0.0, 0.0, 0.0))
+  config.render = dict(capacity=1 << 24, tile_size=16, background=(0.0, 0.0, 0.0), views_per_pass=0)
   config.loss = dict(perceptual_weight=0.5, vgg_weights="checkpoints/vgg19.pth")
   config.lpips = dict(backbone_weights="", heads_weights="")
   config.train = train_block(steps=200_000, batch_size=24, log_every=100, checkpoint_every=2000, eval_every=5000)

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = data_block(source="synthetic", encode_frames=True, num_frames=9, height=32, width=32,
                            num_target_seen=2, num_target_unseen=2, num_train_scenes=100_000,
                            synthetic_background=(0.0, 0.0, 0.0))  # = render.background
-  config.render = dict(capacity=0, tile_size=16, background=(0.0, 0.0, 0.0))
+  config.render = dict(capacity=0, tile_size=16, background=(0.0, 0.0, 0.0), views_per_pass=0)
   config.loss = dict(perceptual_weight=0.0, vgg_weights="")
   config.lpips = dict(backbone_weights="", heads_weights="")
   config.train = train_block(steps=1200, batch_size=4)

@@ -463,8 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
   training.set_defaults(run=_train, accepts_overrides=True)
 
   planning = commands.add_parser(
-      "plan", help="compile a config's training step for a device mesh with abstract inputs on fake CPU devices "
-                   "(nothing allocated) and print per-device memory, FLOPs and the implied step time; extra "
+      "plan", help="compile a config's training step or a full-size inference job (--job) for a device mesh "
+                   "with abstract inputs, on fake CPU devices or deviceless for a GPU / TPU (--target; nothing "
+                   "allocated), and print per-device memory, FLOPs and the implied time; extra "
                    "--config.a.b=value flags override the config")
   planning.add_argument("--config", default=None, help="a training config file or the name of one in configs/ "
                         "(required for --job train; inference jobs read the camera-DiT config, default camera_dit_5b)")

@@ -18,6 +18,8 @@ frames. `tiled=True` adds diffusers' spatial tiling with overlap blending.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import Any
@@ -459,6 +461,20 @@ def frame_chunks(num_frames: int, chunk: int) -> tuple[int, int]:
   return chunk + num_frames % chunk, num_chunks - 1
 
 
+_UNROLL = contextvars.ContextVar("wonderland_vae_unroll", default=False)
+
+
+@contextlib.contextmanager
+def unrolled_frame_scan():
+  """Inside, the frame-chunk scan is traced unrolled: the same program, one copy of the body per chunk, so XLA's
+  cost analysis (which counts a loop body once) counts every chunk (`train.plan_jobs` FLOPs)."""
+  token = _UNROLL.set(True)
+  try:
+    yield
+  finally:
+    _UNROLL.reset(token)
+
+
 def _run_chunked(step, x: jax.Array, chunk: int) -> jax.Array:
   """Runs `step(chunk, cache) -> (out, cache)` over time chunks of x (B, T, ...): first chunk alone, the
   rest under lax.scan with the cache as carry; outputs concatenated along time."""
@@ -472,7 +488,7 @@ def _run_chunked(step, x: jax.Array, chunk: int) -> jax.Array:
     y, cache = step(xs, cache)
     return cache, y
 
-  _, outs = jax.lax.scan(body, cache, jnp.arange(num_rest))
+  _, outs = jax.lax.scan(body, cache, jnp.arange(num_rest), unroll=num_rest if _UNROLL.get() else 1)
   outs = jnp.moveaxis(outs, 0, 1)
   outs = outs.reshape(outs.shape[0], -1, *outs.shape[3:])
   return jnp.concatenate([out, outs.astype(out.dtype)], axis=1)

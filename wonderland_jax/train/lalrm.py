@@ -99,12 +99,26 @@ def render_capacity(config: ml_collections.ConfigDict, lalrm_config: LaLRMConfig
 
 def render_targets(gaussians, target_viewmats, target_intrinsics, height: int, width: int, *, capacity: int,
                    config: ml_collections.ConfigDict) -> jax.Array:
-  """Batched Gaussians (B, N, ...) at the targets' cameras (B, V, ...) -> images (B, V, H, W, 3)."""
+  """Batched Gaussians (B, N, ...) at the targets' cameras (B, V, ...) -> images (B, V, H, W, 3).
+
+  `render.views_per_pass` (0 / absent: all V at once) renders the views in groups of that many, one group after
+  the other, each rematerialised in the backward pass: the rasterizer's pair buffers of one group live at a
+  time instead of V (the high-res step's memory), for the cost of rendering twice."""
   background = jnp.asarray(config.render.background, jnp.float32)
+  per_pass = int(config.render.get("views_per_pass", 0) or 0)
+  num_views = target_viewmats.shape[1]
+  if per_pass and num_views % per_pass:
+    raise WonderlandError(f"--config.render.views_per_pass={per_pass} must divide the {num_views} supervision views")
 
   def one(scene, viewmats, intrinsics):
-    return rasterize(scene, _cameras(viewmats, intrinsics, height, width), background=background,
-                     tile_size=int(config.render.tile_size), capacity=capacity).image
+    def render(views):
+      return rasterize(scene, _cameras(*views, height, width), background=background,
+                       tile_size=int(config.render.tile_size), capacity=capacity).image
+    if not per_pass or per_pass >= num_views:
+      return render((viewmats, intrinsics))
+    groups = lambda x: x.reshape(num_views // per_pass, per_pass, *x.shape[1:])
+    images = jax.lax.map(jax.checkpoint(render), (groups(viewmats), groups(intrinsics)))
+    return images.reshape(num_views, *images.shape[2:])
 
   return jax.vmap(one)(gaussians, target_viewmats, target_intrinsics)
 

@@ -18,8 +18,10 @@ Params are abstract in the compute dtype (bfloat16 on accelerator targets: infer
 attention when context > 1), heads over 'tensor', params replicated unless the mesh has 'fsdp'.
 
 FLOPs: the model FLOPs of the job (XLA's cost analysis of the job lowered for one CPU device with the 'xla'
-attention, so kernels that are custom calls on the target are counted), per device = total / devices; the time at
-an MFU is FLOPs / (devices x peak x MFU). Memory: the target compiler's `memory_analysis()` per device.
+attention, so kernels that are custom calls on the target are counted, and the VAE's frame scan unrolled, so
+every chunk is; the rasterizer's loops still count once), per device = total / devices for the jobs
+that split over the mesh (`SPLIT`), the total for the VAE's (replicated); the time at an MFU is FLOPs per device
+/ (peak x MFU). Memory: the target compiler's `memory_analysis()` per device.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ from wonderland_jax.train.plan import Plan
 logger = logging.getLogger("wonderland_jax")
 
 INFERENCE_JOBS = ("sample", "encode", "decode", "reconstruct")
+# The jobs whose work divides over the mesh (the guided batch over data, tokens over context); the VAE's
+# convolutions run whole on every device (replicated), so their time does not shrink with more devices.
+SPLIT = ("sample", "reconstruct")
 JOBS = ("train",) + INFERENCE_JOBS + ("image-to-scene",)
 
 
@@ -74,8 +79,9 @@ class JobPlan:
 
 
 def _abstract_params(module, dtype, mesh, rules):
-  """(graphdef, params as ShapeDtypeStructs in `dtype` placed on the mesh) of an abstract module."""
-  graphdef, state = nnx.split(module)
+  """The state of an abstract module as ShapeDtypeStructs, float params in `dtype`, placed on the mesh (None:
+  unplaced)."""
+  state = nnx.state(module)
   flat = []
   for path, variable in nnx.to_flat_state(state):
     value = variable.get_value()
@@ -83,7 +89,7 @@ def _abstract_params(module, dtype, mesh, rules):
         else value.dtype
     sharding = None if mesh is None else param_sharding(path, variable, tuple(value.shape), mesh, rules)
     flat.append((path, variable.replace(jax.ShapeDtypeStruct(value.shape, kind, sharding=sharding))))
-  return graphdef, nnx.from_flat_state(flat)
+  return nnx.from_flat_state(flat)
 
 
 def _per_device_bytes(tree) -> int:
@@ -117,7 +123,7 @@ def _models(config: ml_collections.ConfigDict, lalrm_config: ml_collections.Conf
 
 
 def _job(name: str, models: dict, sizes: Sizes, render_capacity: int):
-  """(function, abstract args) of one job; the function takes the params first."""
+  """(module, function, abstract args) of one job; the function takes the module's state first."""
   dit, autoencoder = models["transformer"], models["vae"]
   vae_config = autoencoder.config
   factor, temporal = vae_config.spatial_compression, int(vae_config.temporal_compression_ratio)
@@ -172,9 +178,9 @@ def _model_flops(name, config, lalrm_config, sizes, capacity, dtype) -> float:
   """The job's FLOPs from its lowering for one CPU device with the 'xla' attention (see the module docstring)."""
   models = _models(config, lalrm_config, dtype=dtype, attention="xla", sequence_parallel="none")
   module, function, args = _job(name, models, sizes, capacity)
-  _, params = _abstract_params(module, dtype, None, DEFAULT_RULES)
+  params = _abstract_params(module, dtype, None, DEFAULT_RULES)
   strip = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
-  with compiling_for("cpu"):
+  with compiling_for("cpu"), vae.unrolled_frame_scan():  # the VAE's frame chunks counted each
     cost = jax.jit(function).lower(strip(params), *strip(args)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get("flops", 0.0))
@@ -190,7 +196,7 @@ def plan_job(name: str, config: ml_collections.ConfigDict, mesh, *, target: Targ
                    sequence_parallel="ring" if context > 1 else "none")
   capacity = (int(lalrm_config.render.capacity) if lalrm_config is not None else 0) or 1 << 20
   module, function, args = _job(name, models, sizes, capacity)
-  _, params = _abstract_params(module, dtype, mesh, rules)
+  params = _abstract_params(module, dtype, mesh, rules)
   args = _replicated(mesh, args)
   logger.info("plan: compiling the %s job for %d devices (mesh %s, %s)", name, mesh.size, dict(mesh.shape),
               target.name)
@@ -204,7 +210,7 @@ def plan_job(name: str, config: ml_collections.ConfigDict, mesh, *, target: Targ
               mesh={axis: int(size) for axis, size in mesh.shape.items()}, global_batch=batch, num_trainable=0,
               num_frozen=int(num_params), argument_bytes=int(memory.argument_size_in_bytes),
               output_bytes=int(memory.output_size_in_bytes), alias_bytes=int(memory.alias_size_in_bytes),
-              temp_bytes=int(memory.temp_size_in_bytes), flops=total_flops / mesh.size,
+              temp_bytes=int(memory.temp_size_in_bytes), flops=total_flops / (mesh.size if name in SPLIT else 1),
               method=f"compiled whole ({dtype}, attention {attention})", target=target.name, unit="run")
   return JobPlan(plan, _per_device_bytes(params), total_flops)
 
