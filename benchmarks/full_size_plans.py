@@ -124,7 +124,10 @@ def main(argv=None) -> int:
     try:
       result = subprocess.run([sys.executable, "-m", "wonderland_jax.cli", "plan", *plan_args, "--json",
                                str(json_path)], capture_output=True, text=True, timeout=args.timeout)
-      failure = None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["?"])[-1]
+      if result.returncode < 0:  # e.g. -9: the kernel's OOM killer (a 64-chip whole 5B compile needs > 24 GB)
+        failure = f"killed by signal {-result.returncode} (host memory?)"
+      else:
+        failure = None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["?"])[-1]
     except subprocess.TimeoutExpired:
       failure = f"no result in {args.timeout:.0f} s"
     seconds = time.perf_counter() - start
