@@ -8,7 +8,9 @@
 100K steps, the same optimiser and batch as stage 1 (configs/lalrm_lowres.py, whose docstring says which
 numbers are ours). The paper mixes in 20K generated out-of-domain videos at this stage (a latent cache made from
 them is just another --config.data.root). The deconv's shape changes with the stride, so it starts fresh
-while every other weight comes from `init_from`.
+while every other weight comes from `init_from`. The 48 supervision views render in 6 rematerialised passes of 8
+(`render.views_per_pass`): all at once the step needs 114 GiB per GPU, in passes 89 GiB on an H200 and 73 GiB on an
+H100 (docs/benchmarks.md, "Full size on accelerators").
 """
 
 import importlib.util
