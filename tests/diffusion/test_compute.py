@@ -46,20 +46,18 @@ def test_a_scene_sampled_over_four_devices_equals_one_device(converted, branch, 
 
 def test_bfloat16_casts_every_model_and_stays_close(converted, branch):
   cameras = make_trajectory("orbit", 9, width=32, height=32)
-  runs, pipes = {}, {}
+  runs = {}
   for dtype in ("float32", "bfloat16"):
-    pipe = pipes[dtype] = CameraVideoPipeline.load(converted, branch,
-                                                   compute=Compute.create(dtype=dtype, attention="xla"))
+    pipe = CameraVideoPipeline.load(converted, branch, compute=Compute.create(dtype=dtype, attention="xla"))
     for model in (pipe.pipeline.transformer, pipe.pipeline.vae, pipe.pipeline.text_encoder):
       assert model.config.dtype == dtype and _param_dtypes(model) == {dtype}
     runs[dtype] = pipe.generate(_image(), "a castle at dusk", cameras, num_inference_steps=2, key=jax.random.key(0))
   (full, full_frames), (half, half_frames) = runs["float32"], runs["bfloat16"]
   assert half_frames.dtype == np.float32 and half_frames.shape == full_frames.shape == (9, 32, 32, 3)
-  # bfloat16 keeps ~3 significant digits; two guided steps (x6) amplify it. Far closer than another seed.
+  # bfloat16 keeps ~3 significant digits; two guided steps (x6) amplify it. Far closer than another seed's
+  # video (which differs by about the latents' own size).
   error = np.abs(np.asarray(half, np.float32) - np.asarray(full)).mean()
-  other_seed = pipes["float32"].generate(_image(), "a castle at dusk", cameras, num_inference_steps=2,
-                                         key=jax.random.key(1))[0]
-  assert error < 0.1 * np.abs(np.asarray(other_seed) - np.asarray(full)).mean()
+  assert error < 0.1 * np.abs(np.asarray(full)).mean()
 
 
 def test_compute_flags_are_checked(tmp_path, converted, capsys):
