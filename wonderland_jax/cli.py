@@ -291,11 +291,11 @@ def _plan_inference(args: argparse.Namespace, mesh, target, accelerator):
   if args.extrapolate:
     raise WonderlandError("--extrapolate is for --job train; inference jobs compile whole")
   config = load_config(args.config or "camera_dit_5b", args.overrides)
-  lalrm_config = load_config(args.lalrm_config, [])
+  names = ("encode", "sample", "decode", "reconstruct") if args.job == "image-to-scene" else (args.job,)
+  lalrm_config = load_config(args.lalrm_config, []) if "reconstruct" in names else None
   dtype = args.dtype if args.dtype != "auto" else ("float32" if target.platform == "cpu" else "bfloat16")
   width, height = args.size
   sizes = Sizes(frames=args.frames, height=height, width=width, vae_tiling=min(height, width) >= TILE_FROM)
-  names = ("encode", "sample", "decode", "reconstruct") if args.job == "image-to-scene" else (args.job,)
   jobs = {}
   for name in names:
     jobs[name] = plan_job(name, config, mesh, target=target, lalrm_config=lalrm_config, dtype=dtype,

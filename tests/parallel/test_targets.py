@@ -18,6 +18,13 @@ GPU = pytest.mark.skipif(not targets._gpu_available(), reason="no CUDA plugin (p
 TPU = pytest.mark.skipif(not targets._tpu_available(), reason="libtpu is not installed (pip install -e '.[tpu]')")
 
 
+def _plan_json(tmp_path, *argv: str) -> dict:
+  """`wonderland plan ARGV --json F` (which must succeed) -> the plan JSON."""
+  out = tmp_path / "plan.json"
+  assert main(["plan", *argv, "--json", str(out)]) == 0
+  return json.loads(out.read_text())
+
+
 def test_parse_target_and_its_errors():
   assert targets.parse_target("tpu-v5e:2x2") == targets.Target("tpu-v5e:2x2", "tpu", "tpu-v5e", "2x2")
   assert targets.parse_target("H200").platform == "gpu" and targets.parse_target("cpu").chip is None
@@ -82,11 +89,8 @@ def test_tpu_topologies_and_a_mesh_larger_than_one():
 
 @TPU
 def test_lalrm_step_with_splash_attention_compiles_for_a_tpu(tmp_path):
-  out = tmp_path / "plan.json"
-  assert main(["plan", "--config", "lalrm_tiny", "--mesh", "data=2,fsdp=2", "--target", "tpu-v5e:2x2", "--json",
-               str(out), "--config.model.attention=auto", "--config.train.batch_size=4",
-               "--config.model.num_layers=1"]) == 0
-  plan = json.loads(out.read_text())
+  plan = _plan_json(tmp_path, "--config", "lalrm_tiny", "--mesh", "data=2,fsdp=2", "--target", "tpu-v5e:2x2",
+                    "--config.model.attention=auto", "--config.train.batch_size=4", "--config.model.num_layers=1")
   assert plan["target"] == "tpu-v5e:2x2" and plan["accelerator"] == "TPU v5e" and plan["devices"] == 4
   assert 0 < plan["argument_bytes"] < 2 ** 30 and 0 < plan["temp_bytes"] < 2 ** 30 and plan["flops"] > 1e6
   assert plan["fits"] and plan["peak_bytes"] >= plan["argument_bytes"] + plan["temp_bytes"]
@@ -119,22 +123,18 @@ def test_rasterizer_forward_and_backward_compile_for_a_tpu():
 @GPU
 def test_lalrm_step_with_cudnn_attention_compiles_for_two_h100s(tmp_path):
   # Runs where the `gpu` extra is installed (5 GB: not in CI). The CUDA plugin gives no FLOPs.
-  out = tmp_path / "plan.json"
-  assert main(["plan", "--config", "lalrm_tiny", "--mesh", "data=2", "--target", "h100", "--json", str(out),
-               "--config.model.attention=auto", "--config.model.dtype=bfloat16", "--config.train.batch_size=2",
-               "--config.model.num_layers=1"]) == 0
-  plan = json.loads(out.read_text())
+  plan = _plan_json(tmp_path, "--config", "lalrm_tiny", "--mesh", "data=2", "--target", "h100",
+                    "--config.model.attention=auto", "--config.model.dtype=bfloat16", "--config.train.batch_size=2",
+                    "--config.model.num_layers=1")
   assert plan["target"] == "h100" and plan["devices"] == 2 and plan["fits"]
   assert 0 < plan["argument_bytes"] < 2 ** 30 and 0 < plan["temp_bytes"] < 2 ** 30
 
 
 @TPU
 def test_camera_dit_step_with_splash_attention_compiles_for_a_tpu(tmp_path):
-  out = tmp_path / "plan.json"
-  assert main(["plan", "--config", "camera_dit_tiny", "--mesh", "data=2,fsdp=2", "--target", "tpu-v5e:2x2",
-               "--json", str(out), "--config.base.attention=splash", "--config.base.dtype=bfloat16",
-               "--config.base.random_config.num_layers=2", "--config.camera.controlnet_layers=1"]) == 0
-  plan = json.loads(out.read_text())
+  plan = _plan_json(tmp_path, "--config", "camera_dit_tiny", "--mesh", "data=2,fsdp=2", "--target", "tpu-v5e:2x2",
+                    "--config.base.attention=splash", "--config.base.dtype=bfloat16",
+                    "--config.base.random_config.num_layers=2", "--config.camera.controlnet_layers=1")
   assert plan["task"] == "camera-dit" and plan["target"] == "tpu-v5e:2x2" and plan["devices"] == 4
   assert 0 < plan["argument_bytes"] < 2 ** 30 and 0 < plan["temp_bytes"] < 2 ** 30 and plan["flops"] > 1e6
   assert plan["fits"]
@@ -143,11 +143,8 @@ def test_camera_dit_step_with_splash_attention_compiles_for_a_tpu(tmp_path):
 @TPU
 def test_a_sampling_step_over_context_and_data_compiles_for_a_tpu(tmp_path, capfd):
   # One guided step of the tiny camera-guided transformer, its two halves over data, tokens over context.
-  out = tmp_path / "plan.json"
-  assert main(["plan", "--job", "sample", "--config", "camera_dit_tiny", "--frames", "9", "--size", "32x32",
-               "--mesh", "context=2,data=2", "--target", "tpu-v5e:2x2", "--attention", "splash",
-               "--json", str(out)]) == 0
-  plan = json.loads(out.read_text())
+  plan = _plan_json(tmp_path, "--job", "sample", "--config", "camera_dit_tiny", "--frames", "9", "--size", "32x32",
+                    "--mesh", "context=2,data=2", "--target", "tpu-v5e:2x2", "--attention", "splash")
   assert plan["task"] == "sample (9x32x32)" and plan["unit"] == "run" and plan["devices"] == 4
   assert plan["method"] == "compiled whole (bfloat16, attention splash)" and plan["global_batch"] == 2
   assert 0 < plan["argument_bytes"] < 2 ** 28 and 0 < plan["temp_bytes"] < 2 ** 28 and plan["fits"]
@@ -160,13 +157,11 @@ def test_a_sampling_step_over_context_and_data_compiles_for_a_tpu(tmp_path, capf
 
 
 def test_image_to_scene_sums_the_compiled_jobs(tmp_path, capfd):
-  out = tmp_path / "scene.json"
-  assert main(["plan", "--job", "image-to-scene", "--config", "camera_dit_tiny", "--lalrm-config", "lalrm_tiny",
-               "--frames", "9", "--size", "32x32", "--mesh", "data=2", "--steps", "10", "--json", str(out)]) == 0
+  scene = _plan_json(tmp_path, "--job", "image-to-scene", "--config", "camera_dit_tiny", "--lalrm-config",
+                     "lalrm_tiny", "--frames", "9", "--size", "32x32", "--mesh", "data=2", "--steps", "10")
   printed = capfd.readouterr().out
   for job in ("encode (9x32x32)", "sample (9x32x32)", "decode (9x32x32)", "reconstruct (9x32x32)"):
     assert f"| task                              | {job} |" in printed
-  scene = json.loads(out.read_text())
   assert scene["task"] == "image-to-scene (encode + 10 x sample + decode + reconstruct)"
   flops = [float(line.split("|")[2].split()[0]) for line in printed.splitlines() if line.startswith("| FLOPs")]
   encode, sample, decode, reconstruct = flops[:4]

@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
@@ -48,7 +47,7 @@ from wonderland_jax.models.camera_dit import CameraConfig
 from wonderland_jax.models.dit import DiTConfig
 from wonderland_jax.models.lalrm import LaLRMConfig
 from wonderland_jax.models.vae import VAEConfig
-from wonderland_jax.nn.partitioning import DEFAULT_RULES, activation_rules, param_sharding
+from wonderland_jax.nn.partitioning import DEFAULT_RULES, activation_rules, param_sharding, replicated
 from wonderland_jax.parallel.targets import Target, compiling_for
 from wonderland_jax.splat.rasterize import rasterize
 from wonderland_jax.train.plan import Plan
@@ -102,7 +101,7 @@ def _per_device_bytes(tree) -> int:
 
 def _replicated(mesh, tree):
   """Every array (concrete or abstract) of `tree` as a ShapeDtypeStruct replicated on the mesh."""
-  sharding = NamedSharding(mesh, PartitionSpec())
+  sharding = replicated(mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype if hasattr(x, "dtype") else
                                                      np.asarray(x).dtype, sharding=sharding), tree)
 
