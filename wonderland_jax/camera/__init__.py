@@ -15,6 +15,7 @@ from wonderland_jax.camera.io import (
 from wonderland_jax.camera.poses import (
   SCALE_MODES,
   conditioning_rays,
+  mirror_left_right,
   normalize_poses,
   normalize_trajectory_scale,
   rebase_to_first,

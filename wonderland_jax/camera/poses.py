@@ -57,6 +57,18 @@ def rebase_to_first(c2w):
   return rigid_inverse(c2w[0]) @ c2w
 
 
+def mirror_left_right(c2w) -> np.ndarray:
+  """Camera->world poses (N, 4, 4) reflected left-right in the first camera's frame: every camera's
+  position and orientation mirrored through the first camera's y-z plane (x -> -x), so a path that orbits or
+  pans right becomes the same path to the left (still proper rotations: M R M with M = diag(-1, 1, 1)).
+  The first camera is unchanged; symmetric motions (dolly, rise) map to themselves."""
+  poses = as_pose_array(c2w, "c2w")
+  first = poses[:1]
+  local = np.linalg.inv(first) @ poses
+  flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+  return first @ (flip @ local @ flip)
+
+
 def trajectory_scale(c2w, mode: str = "max_distance", target: float = 1.0, num_reference: int | None = None):
   """The factor `normalize_trajectory_scale` multiplies translations by (module docstring): a Python float for
   numpy input, a scalar jax array for jax input."""

@@ -52,6 +52,7 @@ DATA_DEFAULTS: dict[str, Any] = {
   "num_gaussians": 384,        # synthetic: Gaussians per scene
   "fov_deg": 60.0,             # synthetic: horizontal field of view
   "synthetic_background": None,  # synthetic: None -> a random colour per scene, or a fixed (r, g, b)
+  "camera_paths": "arc",       # synthetic: 'arc' (one arc family) or 'families' (synthetic.PATH_FAMILIES)
   "num_frames": 9,             # clip: F seen frames (1 + 4k)
   "height": 32,                # clip: image size
   "width": 32,
@@ -138,7 +139,8 @@ def make_clip_source(config: Mapping[str, Any] | Any, *, held_out: bool = False
     return SyntheticDataset(spec, num_scenes=config["num_eval_scenes" if held_out else "num_train_scenes"],
                             seed=config["eval_seed" if held_out else "seed"],
                             num_source_frames=config["num_source_frames"], num_gaussians=config["num_gaussians"],
-                            fov_deg=config["fov_deg"], background=config["synthetic_background"])
+                            fov_deg=config["fov_deg"], background=config["synthetic_background"],
+                            camera_paths=config["camera_paths"])
   if not config["format"]:
     raise WonderlandError("data config: source='scenes' needs 'format' (realestate10k, acid, dl3dv or colmap)")
   errors = DataErrors(config["on_error"])

@@ -96,6 +96,64 @@ def random_camera_path(rng: np.random.Generator, num_frames: int) -> np.ndarray:
   return look_at(eyes, targets, up=WORLD_UP)
 
 
+# camera_paths='families': the motion families a path is drawn from, with their probabilities. Every family
+# goes either way (left / right, in / out, up / down) with equal odds, so a clip's first frame does not tell
+# where its camera goes; most include a sideways motion, which mirroring left-right reverses.
+PATH_FAMILIES = {"orbit": 0.25, "truck": 0.1, "pan": 0.15, "dolly": 0.1, "rise": 0.1, "orbit+rise": 0.1,
+                 "orbit+dolly": 0.1, "pan+dolly": 0.1}
+CAMERA_PATHS = ("arc", "families")
+
+
+def family_camera_path(rng: np.random.Generator, num_frames: int, family: str | None = None) -> np.ndarray:
+  """(num_frames, 4, 4) float64 OpenCV camera->world poses of one motion family (`PATH_FAMILIES`, drawn by its
+  probability unless given), starting at a random azimuth, radius 2.6-3.4 and height 0.4-1.0 above the origin,
+  looking at a point near it. Progress is linear in the frame index; each family's extent is drawn per path:
+
+    orbit   around the vertical axis through the look-at point, 35-80 degrees, left or right
+    truck   sideways along the start camera's right axis, 0.9-1.6, the viewing direction kept
+    pan     the camera turns in place, 20-35 degrees, left or right
+    dolly   towards or away from the look-at point, by 25-40% of the distance
+    rise    up or down by 0.5-0.9, still looking at the point
+    a+b     both motions at once (each at 70-100% of its own extent)
+  """
+  if family is None:
+    names, weights = list(PATH_FAMILIES), np.asarray(list(PATH_FAMILIES.values()))
+    family = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+  parts = family.split("+")
+  unknown = [part for part in parts if part not in ("orbit", "truck", "pan", "dolly", "rise")]
+  if unknown:
+    raise WonderlandError(f"family_camera_path: unknown motion {unknown[0]!r} in {family!r}")
+  extent = 1.0 if len(parts) == 1 else None
+  t = np.linspace(0.0, 1.0, num_frames)[:, None]
+  azimuth, radius, height = rng.uniform(0, 2 * np.pi), rng.uniform(2.6, 3.4), -rng.uniform(0.4, 1.0)
+  target = np.array([rng.uniform(-0.3, 0.3), rng.uniform(-0.1, 0.2), rng.uniform(-0.3, 0.3)])
+  angles, radii, heights = np.full_like(t, azimuth), np.full_like(t, radius), np.full_like(t, height)
+  shift, turn = np.zeros_like(t), np.zeros_like(t)
+  for part in parts:
+    sign = rng.choice([-1.0, 1.0])
+    scale = extent if extent is not None else rng.uniform(0.7, 1.0)
+    if part == "orbit":
+      angles = angles + sign * scale * np.deg2rad(rng.uniform(35, 80)) * t
+    elif part == "truck":
+      shift = shift + sign * scale * rng.uniform(0.9, 1.6) * t
+    elif part == "pan":
+      turn = turn + sign * scale * np.deg2rad(rng.uniform(20, 35)) * t
+    elif part == "dolly":
+      radii = radii * (1 + sign * scale * rng.uniform(0.25, 0.4) * t)
+    else:  # rise: up is -y
+      heights = heights - sign * scale * rng.uniform(0.5, 0.9) * t
+  eyes = np.concatenate([target[0] + radii * np.sin(angles), heights, target[2] - radii * np.cos(angles)], -1)
+  forward = target - eyes
+  right = np.cross(forward, WORLD_UP)
+  right /= np.linalg.norm(right, axis=-1, keepdims=True)
+  eyes = eyes + shift * right[:1]  # truck: along the first camera's right axis, looking the same way
+  # pan: turn the viewing direction about the vertical axis by `turn`.
+  cos, sin = np.cos(turn[:, 0]), np.sin(turn[:, 0])
+  forward = np.stack([cos * forward[:, 0] - sin * forward[:, 2], forward[:, 1],
+                      sin * forward[:, 0] + cos * forward[:, 2]], -1)
+  return look_at(eyes, eyes + forward, up=WORLD_UP)
+
+
 def pinhole_intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
   """(3, 3) intrinsics with horizontal field of view `fov_deg`, square pixels, centred principal point."""
   focal = 0.5 * width / np.tan(0.5 * np.deg2rad(fov_deg))
@@ -126,11 +184,16 @@ class RenderedFrames:
 
 
 def synthetic_scene(seed: int, index: int, *, height: int, width: int, num_source_frames: int = 40,
-                    num_gaussians: int = 384, fov_deg: float = 60.0, background=None) -> Scene:
-  """Scene `index` of the synthetic dataset `seed`, rendered at width x height (dataset 'synthetic')."""
+                    num_gaussians: int = 384, fov_deg: float = 60.0, background=None,
+                    camera_paths: str = "arc") -> Scene:
+  """Scene `index` of the synthetic dataset `seed`, rendered at width x height (dataset 'synthetic').
+  camera_paths: 'arc' (`random_camera_path`) or 'families' (`family_camera_path`)."""
+  if camera_paths not in CAMERA_PATHS:
+    raise WonderlandError(f"synthetic: camera_paths must be one of {CAMERA_PATHS}, got {camera_paths!r}")
   rng = np.random.default_rng([int(seed), int(index), 1 << 20])  # distinct from clip_rng's streams
   gaussians, background = random_scene(rng, num_gaussians, background)
-  viewmats = np.linalg.inv(random_camera_path(rng, num_source_frames))
+  path = random_camera_path if camera_paths == "arc" else family_camera_path
+  viewmats = np.linalg.inv(path(rng, num_source_frames))
   intrinsics = np.broadcast_to(pinhole_intrinsics(width, height, fov_deg), (num_source_frames, 3, 3)).copy()
   frames = RenderedFrames(gaussians, viewmats, intrinsics, background)
   return Scene(f"synthetic-{seed}-{index}", f"synthetic dataset (seed {seed}) scene {index}", frames, viewmats,
@@ -145,8 +208,11 @@ class SyntheticDataset:
   """
 
   def __init__(self, spec: ClipSpec, *, num_scenes: int = 1000, seed: int = 0, num_source_frames: int = 40,
-               num_gaussians: int = 384, fov_deg: float = 60.0, background=None):
+               num_gaussians: int = 384, fov_deg: float = 60.0, background=None, camera_paths: str = "arc"):
     self.spec = spec.validate()
+    if camera_paths not in CAMERA_PATHS:
+      raise WonderlandError(f"SyntheticDataset: camera_paths must be one of {CAMERA_PATHS}, got {camera_paths!r}")
+    self.camera_paths = camera_paths
     self.background = None if background is None else tuple(float(v) for v in background)
     if num_scenes < 1:
       raise WonderlandError(f"SyntheticDataset: num_scenes must be >= 1, got {num_scenes}")
@@ -164,7 +230,7 @@ class SyntheticDataset:
       raise IndexError(f"synthetic scene {index} out of range [0, {self.num_scenes})")
     return synthetic_scene(self.seed, index, height=self.spec.height, width=self.spec.width,
                            num_source_frames=self.num_source_frames, num_gaussians=self.num_gaussians,
-                           fov_deg=self.fov_deg, background=self.background)
+                           fov_deg=self.fov_deg, background=self.background, camera_paths=self.camera_paths)
 
   def clip(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     clip = sample_clip(self.scene(int(index)), self.spec, rng)

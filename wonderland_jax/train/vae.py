@@ -23,7 +23,7 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.eval import image_metrics
-from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
+from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig, python_frame_loop
 from wonderland_jax.train.loop import Task
 
 logger = logging.getLogger("wonderland_jax")
@@ -35,8 +35,9 @@ def build_vae(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> CogVideoXVAE
 
 def vae_loss(vae: CogVideoXVAE, batch: dict, key: jax.Array, *, config: ml_collections.ConfigDict):
   video = batch["frames"] * 2 - 1
-  posterior = vae.encode(video)
-  reconstruction = vae.decode(posterior.sample(key))
+  with python_frame_loop():  # the chunk scan's gradient is slow on CPU (see python_frame_loop)
+    posterior = vae.encode(video)
+    reconstruction = vae.decode(posterior.sample(key))
   mse = jnp.mean((reconstruction - video) ** 2)
   kl = 0.5 * jnp.mean(posterior.mean ** 2 + jnp.exp(posterior.logvar) - 1 - posterior.logvar)
   psnr = jnp.mean(image_metrics.psnr((reconstruction + 1) / 2, batch["frames"]))
