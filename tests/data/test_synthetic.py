@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,53 @@ def test_write_refuses_non_empty(tmp_path):
     write_synthetic_dataset(tmp_path, 1)
   with pytest.raises(WonderlandError, match=r"num_source_frames \(4\) must be >="):
     SyntheticDataset(SPEC, num_source_frames=4)
+
+
+def _in_first_frame(c2w):
+  return np.linalg.inv(c2w[0]) @ c2w
+
+
+@pytest.mark.parametrize("family", ["orbit", "truck", "pan", "dolly", "rise", "orbit+rise", "pan+dolly"])
+def test_path_families_go_either_way_and_mirror(family):
+  """Each family goes both ways over seeds (the first frame does not tell the direction); mirroring reverses
+  the sideways ones and leaves the symmetric ones (dolly, rise) as they are."""
+  from wonderland_jax.camera import mirror_left_right  # noqa: PLC0415
+  from wonderland_jax.data import family_camera_path  # noqa: PLC0415
+  sideways, forward, vertical, yaws = [], [], [], []
+  for seed in range(12):
+    path = family_camera_path(np.random.default_rng(seed), 17, family)
+    local = _in_first_frame(path)
+    np.testing.assert_allclose(local[0], np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(np.linalg.det(local[:, :3, :3]), 1.0, atol=1e-9)
+    sideways.append(local[-1, 0, 3])
+    forward.append(local[-1, 2, 3])
+    vertical.append(local[-1, 1, 3])
+    yaws.append(local[-1, 0, 2])  # x component of the last camera's viewing direction
+    mirrored = _in_first_frame(mirror_left_right(path))
+    np.testing.assert_allclose(mirrored[0], np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(np.linalg.det(mirrored[:, :3, :3]), 1.0, atol=1e-9)
+    np.testing.assert_allclose(mirrored[:, 0, 3], -local[:, 0, 3], atol=1e-9)
+    np.testing.assert_allclose(mirrored[:, 1:3, 3], local[:, 1:3, 3], atol=1e-9)
+    np.testing.assert_allclose(mirror_left_right(mirror_left_right(path)), path, atol=1e-9)
+    if family in ("dolly", "rise"):  # symmetric: its own mirror image
+      np.testing.assert_allclose(mirrored, local, atol=1e-6)
+  lateral = {"orbit": sideways, "truck": sideways, "pan": yaws, "orbit+rise": sideways, "pan+dolly": yaws,
+             "dolly": forward, "rise": vertical}[family]
+  lateral = np.asarray(lateral)
+  assert (lateral > 0.05).any() and (lateral < -0.05).any(), lateral
+  if family in ("orbit", "truck", "pan"):
+    assert (np.abs(lateral) > 0.05).all(), lateral  # it always moves
+
+
+def test_family_paths_in_the_dataset():
+  spec = dataclasses.replace(SPEC, num_target_unseen=0)
+  arcs = SyntheticDataset(spec, num_scenes=2, seed=3)
+  families = SyntheticDataset(spec, num_scenes=2, seed=3, camera_paths="families")
+  assert not np.allclose(arcs.scene(1).viewmats, families.scene(1).viewmats)
+  np.testing.assert_array_equal(families[1]["frames"], SyntheticDataset(spec, num_scenes=2, seed=3,
+                                                                       camera_paths="families")[1]["frames"])
+  with pytest.raises(WonderlandError, match="camera_paths"):
+    SyntheticDataset(spec, camera_paths="spiral")
+  with pytest.raises(WonderlandError, match="unknown motion 'zoom'"):
+    from wonderland_jax.data import family_camera_path  # noqa: PLC0415
+    family_camera_path(np.random.default_rng(0), 9, "orbit+zoom")

@@ -108,8 +108,13 @@ def test_tiled_paths_match_diffusers_tiling(tmp_path):
   assert float(jnp.abs(untiled - ours.encode(jnp.asarray(video), tiled=True, tiling=tiling).mean).max()) > 1e-4
 
 
-def test_posterior_sample_and_mode():
-  model = CogVideoXVAE(VAEConfig(**CONFIGS["quant_convs"]), rngs=nnx.Rngs(0))
+@pytest.fixture(scope="module")
+def quant_model():
+  return CogVideoXVAE(VAEConfig(**CONFIGS["quant_convs"]), rngs=nnx.Rngs(0))  # ~20 s to build eagerly: once
+
+
+def test_posterior_sample_and_mode(quant_model):
+  model = quant_model
   posterior = model.encode(jnp.zeros((2, 5, 16, 16, 3)))
   assert posterior.mean.shape == (2, 3, 8, 8, 3)
   samples = jax.vmap(posterior.sample)(jax.random.split(jax.random.key(0), 200))
@@ -182,3 +187,24 @@ def test_cli_convert_and_errors(tmp_path, capsys):
   assert main(["convert", "vae", "--src", str(root), "--out", str(bad_out)]) == 2
   assert not bad_out.exists()
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary directories left behind"
+
+
+def test_python_frame_loop_gives_the_scan_results_and_gradients(quant_model):
+  """The training steps' frame loop (`python_frame_loop`) is the same computation as the default chunk scan."""
+  from wonderland_jax.models.vae import python_frame_loop  # noqa: PLC0415
+  model = quant_model
+  latents = jax.random.normal(jax.random.key(1), (1, 4, 4, 4, 3))  # decoder chunks: 2, then one more of 2
+  assert frame_chunks(4, 2) == (2, 1)
+
+  def loss(vae):
+    return jnp.mean(vae.decode(latents) ** 2)
+
+  def loss_loop(vae):
+    with python_frame_loop():
+      return loss(vae)
+
+  value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
+  value_loop, grads_loop = nnx.jit(nnx.value_and_grad(loss_loop))(model)
+  np.testing.assert_allclose(value_loop, value, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads_loop), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -66,6 +66,7 @@ from wonderland_jax.data.scenes import (
 )
 from wonderland_jax.data.synthetic import (
                                        SyntheticDataset,
+                                       family_camera_path,
                                        random_camera_path,
                                        random_scene,
                                        synthetic_scene,
