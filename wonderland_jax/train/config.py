@@ -33,6 +33,14 @@ TINY_BASE = dict(num_attention_heads=2, attention_head_dim=32, in_channels=32, o
                  use_learned_positional_embeddings=True, dtype="float32", attention="xla", remat="none")
 
 
+# The mini Wonderland's clips (issue 17; every stage trains and is evaluated on them): 17 frames at 64x64 (5
+# latent frames of 8x8), consecutive frames of 21-frame paths drawn from the camera-path families (the first
+# frame does not tell where the camera goes), over a black background. Held-out scenes: eval_seed.
+MINI_DATA = dict(source="synthetic", num_frames=17, height=64, width=64, num_source_frames=21, stride=(1, 1),
+                 camera_paths="families", synthetic_background=(0.0, 0.0, 0.0), num_train_scenes=100_000,
+                 eval_seed=1, num_eval_scenes=16)
+
+
 def train_block(*, steps: int, batch_size: int, **overrides) -> dict:
   """`config.train` (read by `train.loop`): steps, global batch, logging / checkpoint / eval cadence (steps),
   checkpoints kept, what a non-finite step does ('skip' or 'stop') and how many skipped updates end the run (in a
