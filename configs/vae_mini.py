@@ -4,7 +4,7 @@ families, black background). Not yet trained for shipping; the goal is a held-ou
 
     wonderland train vae --config configs/vae_mini.py --workdir runs/mini/vae
 
-One step (batch 2, 17 frames) takes about 2.5 s on 2 CPU cores with the VAE's Python frame loop
+One step (batch 2, 17 frames) takes about 2.2 s on 2 CPU cores with the VAE's Python frame loop
 (`python benchmarks/vae_train_step.py`).
 """
 

@@ -483,8 +483,9 @@ def unrolled_frame_scan():
 
 def python_frame_loop():
   """Inside, the frame chunks after the first are traced as a Python loop over static slices (same results).
-  For training steps on CPU: XLA's gradient of the chunk scan is 15x slower there (a 13-frame 64x64 decode of a
-  small VAE: 16.7 s against 1.1 s), at the price of activation memory that grows with the number of chunks."""
+  For training steps on CPU: XLA's gradient of the chunk scan is an order of magnitude slower there (a 17-frame
+  64x64 autoencoder step of a small VAE: 19.2 s against 2.2 s, benchmarks/vae_train_step.py), at the price of
+  activation memory that grows with the number of chunks."""
   return _frame_loop("python")
 
 
