@@ -102,6 +102,13 @@ def random_camera_path(rng: np.random.Generator, num_frames: int) -> np.ndarray:
 PATH_FAMILIES = {"orbit": 0.25, "truck": 0.1, "pan": 0.15, "dolly": 0.1, "rise": 0.1, "orbit+rise": 0.1,
                  "orbit+dolly": 0.1, "pan+dolly": 0.1}
 CAMERA_PATHS = ("arc", "families")
+MOTIONS = ("orbit", "truck", "pan", "dolly", "rise")  # what a family combines with '+'
+
+
+def _check_camera_paths(camera_paths: str, where: str) -> str:
+  if camera_paths not in CAMERA_PATHS:
+    raise WonderlandError(f"{where}: camera_paths must be one of {CAMERA_PATHS}, got {camera_paths!r}")
+  return camera_paths
 
 
 def family_camera_path(rng: np.random.Generator, num_frames: int, family: str | None = None) -> np.ndarray:
@@ -120,7 +127,7 @@ def family_camera_path(rng: np.random.Generator, num_frames: int, family: str | 
     names, weights = list(PATH_FAMILIES), np.asarray(list(PATH_FAMILIES.values()))
     family = names[int(rng.choice(len(names), p=weights / weights.sum()))]
   parts = family.split("+")
-  unknown = [part for part in parts if part not in ("orbit", "truck", "pan", "dolly", "rise")]
+  unknown = [part for part in parts if part not in MOTIONS]
   if unknown:
     raise WonderlandError(f"family_camera_path: unknown motion {unknown[0]!r} in {family!r}")
   extent = 1.0 if len(parts) == 1 else None
@@ -188,8 +195,7 @@ def synthetic_scene(seed: int, index: int, *, height: int, width: int, num_sourc
                     camera_paths: str = "arc") -> Scene:
   """Scene `index` of the synthetic dataset `seed`, rendered at width x height (dataset 'synthetic').
   camera_paths: 'arc' (`random_camera_path`) or 'families' (`family_camera_path`)."""
-  if camera_paths not in CAMERA_PATHS:
-    raise WonderlandError(f"synthetic: camera_paths must be one of {CAMERA_PATHS}, got {camera_paths!r}")
+  _check_camera_paths(camera_paths, "synthetic")
   rng = np.random.default_rng([int(seed), int(index), 1 << 20])  # distinct from clip_rng's streams
   gaussians, background = random_scene(rng, num_gaussians, background)
   path = random_camera_path if camera_paths == "arc" else family_camera_path
@@ -210,9 +216,7 @@ class SyntheticDataset:
   def __init__(self, spec: ClipSpec, *, num_scenes: int = 1000, seed: int = 0, num_source_frames: int = 40,
                num_gaussians: int = 384, fov_deg: float = 60.0, background=None, camera_paths: str = "arc"):
     self.spec = spec.validate()
-    if camera_paths not in CAMERA_PATHS:
-      raise WonderlandError(f"SyntheticDataset: camera_paths must be one of {CAMERA_PATHS}, got {camera_paths!r}")
-    self.camera_paths = camera_paths
+    self.camera_paths = _check_camera_paths(camera_paths, "SyntheticDataset")
     self.background = None if background is None else tuple(float(v) for v in background)
     if num_scenes < 1:
       raise WonderlandError(f"SyntheticDataset: num_scenes must be >= 1, got {num_scenes}")
