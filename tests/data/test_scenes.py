@@ -58,6 +58,26 @@ def test_realestate10k_frames_named_by_index(re10k_root, tmp_path):
     read_realestate10k_scene(re10k_root / "poses" / "synthetic00000.txt", frames)
 
 
+def test_written_family_scenes_give_the_synthetic_clips(tmp_path):
+  """A dataset rendered once to disk (as the mini Wonderland's runs read it) gives the clips the synthetic source
+  renders on the fly: the same cameras, and the frames to PNG quantisation."""
+  from wonderland_jax.data import SyntheticDataset, clip_rng  # noqa: PLC0415
+  options = dict(background=(0.0, 0.0, 0.0), camera_paths="families")
+  write_synthetic_dataset(tmp_path / "mini", 2, seed=3, height=HEIGHT, width=WIDTH, num_frames=DISK_FRAMES, **options)
+  on_disk = ClipSource(scan_dataset(tmp_path / "mini", "realestate10k").scenes, SPEC, on_error="raise")
+  rendered = SyntheticDataset(SPEC, num_scenes=2, seed=3, num_source_frames=DISK_FRAMES, **options)
+  for index in range(2):
+    disk, live = on_disk.clip(index, clip_rng(7, index)), rendered.clip(index, clip_rng(7, index))
+    np.testing.assert_array_equal(disk["frame_indices"], live["frame_indices"])
+    np.testing.assert_allclose(disk["viewmats"], live["viewmats"], atol=1e-5)
+    np.testing.assert_allclose(disk["intrinsics"], live["intrinsics"], rtol=1e-5)
+    np.testing.assert_allclose(disk["frames"], live["frames"], atol=QUANTISED)
+    np.testing.assert_allclose(disk["target_images"], live["target_images"], atol=QUANTISED)
+  assert (live["frames"].max(axis=-1) == 0).mean() > 0.1  # the black background, not a random colour
+  with pytest.raises(WonderlandError, match="camera_paths"):
+    write_synthetic_dataset(tmp_path / "bad", 1, camera_paths="spiral")
+
+
 def test_realestate10k_video(tmp_path):
   root = tmp_path / "videos_dataset"
   write_synthetic_dataset(root, 1, height=HEIGHT, width=WIDTH, num_frames=DISK_FRAMES, video=True)

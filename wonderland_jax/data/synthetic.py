@@ -247,7 +247,8 @@ class SyntheticDataset:
 
 def write_synthetic_dataset(root: str | os.PathLike, num_scenes: int, *, seed: int = 0, height: int = 32,
                             width: int = 48, num_frames: int = 24, num_gaussians: int = 384, fov_deg: float = 60.0,
-                            video: bool = False, overwrite: bool = False) -> list[str]:
+                            background=None, camera_paths: str = "arc", video: bool = False,
+                            overwrite: bool = False) -> list[str]:
   """Writes `num_scenes` synthetic scenes in RealEstate10K layout; returns their names.
 
       root/poses/<name>.txt               RealEstate10K pose file (timestamps i * 1e6 / 30 us)
@@ -255,8 +256,10 @@ def write_synthetic_dataset(root: str | os.PathLike, num_scenes: int, *, seed: i
       root/videos/<name>.mp4              an H.264 video at 30 fps, lossy)
 
   The whole `root` is written in a staging folder and renamed at the end. `root` must not exist or be empty,
-  unless `overwrite`. Scene i is `synthetic_scene(seed, i)` with `num_frames` cameras.
+  unless `overwrite`. Scene i is `synthetic_scene(seed, i, background=, camera_paths=)` with `num_frames`
+  cameras: the same images as the synthetic source renders on the fly, once, for runs that read them many times.
   """
+  _check_camera_paths(camera_paths, "write_synthetic_dataset")
   root = Path(root)
   if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
     raise InputFileError(f"{root}: exists and is not an empty folder (pass overwrite=True to replace it)")
@@ -266,7 +269,8 @@ def write_synthetic_dataset(root: str | os.PathLike, num_scenes: int, *, seed: i
   with atomic_directory(root) as staging:
     for index, name in progress(list(enumerate(names)), desc="synthetic scenes"):
       scene = synthetic_scene(seed, index, height=height, width=width, num_source_frames=num_frames,
-                              num_gaussians=num_gaussians, fov_deg=fov_deg)
+                              num_gaussians=num_gaussians, fov_deg=fov_deg, background=background,
+                              camera_paths=camera_paths)
       frames = scene.load_frames(np.arange(num_frames))
       cameras = Camera.from_viewmat(scene.viewmats.astype(np.float32), scene.intrinsics.astype(np.float32), width,
                                     height)

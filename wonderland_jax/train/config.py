@@ -41,6 +41,12 @@ MINI_DATA = dict(source="synthetic", num_frames=17, height=64, width=64, num_sou
                  eval_seed=1, num_eval_scenes=16)
 
 
+# The mini Wonderland's base transformer (issue 17): CogVideoX's structure (I2V input channels, rotary + learned
+# positional embeddings, patch 2) at 64x64 x 17 frames: 5 latent frames of 4x4 tokens, 6 blocks of width 128.
+MINI_BASE = TINY_BASE | dict(num_attention_heads=4, attention_head_dim=32, time_embed_dim=128, num_layers=6,
+                             sample_height=8, sample_width=8, sample_frames=17)
+
+
 def train_block(*, steps: int, batch_size: int, **overrides) -> dict:
   """`config.train` (read by `train.loop`): steps, global batch, logging / checkpoint / eval cadence (steps),
   checkpoints kept, what a non-finite step does ('skip' or 'stop') and how many skipped updates end the run (in a

@@ -5,8 +5,10 @@
 The tiny configs need a VAE whose latents carry the colours (a random one explains a third of the patch
 colours, see docs/benchmarks.md); the public CogVideoX VAE is converted, not trained here. Loss: MSE between
 the clip and its reconstruction from a posterior sample, plus `loss.kl_weight` x the KL to N(0, I) (mean over
-latent elements). The trained model (`<workdir>/model`, kind cogvideox_vae) is what
-`--config.vae.checkpoint` of the LaLRM configs takes.
+latent elements). `loss.crop` = c (a multiple of 8) trains on a random c x c window of each clip (on the 8-pixel
+latent grid) instead of the whole frame: the VAE is convolutional, so the held-out evaluation still runs on
+whole frames, and a step costs about (c / size)^2 of a whole-frame one. The trained model (`<workdir>/model`,
+kind cogvideox_vae) is what `--config.vae.checkpoint` of the LaLRM configs takes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from wonderland_jax import checkpoints
+from wonderland_jax.errors import WonderlandError
 from wonderland_jax.eval import image_metrics
 from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig, python_frame_loop
 from wonderland_jax.train.loop import Task
@@ -33,14 +36,29 @@ def build_vae(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> CogVideoXVAE
   return CogVideoXVAE(VAEConfig.from_diffusers(config.model.to_dict(), where="--config.model"), rngs=rngs)
 
 
+def random_crops(frames: jax.Array, key: jax.Array, size: int, grid: int = 8) -> jax.Array:
+  """A random size x size window of each clip of `frames` (B, F, H, W, C), its corner on a `grid`-pixel grid."""
+  batch, num_frames, height, width, channels = frames.shape
+  if size % grid or not 0 < size <= min(height, width):
+    raise WonderlandError(f"--config.loss.crop: must be a multiple of {grid} in (0, {min(height, width)}], got {size}")
+  corners = jax.random.randint(key, (batch, 2), 0, jnp.array([height - size, width - size]) // grid + 1) * grid
+  window = (num_frames, size, size, channels)
+  return jax.vmap(lambda clip, yx: jax.lax.dynamic_slice(clip, (0, yx[0], yx[1], 0), window))(frames, corners)
+
+
 def vae_loss(vae: CogVideoXVAE, batch: dict, key: jax.Array, *, config: ml_collections.ConfigDict):
-  video = batch["frames"] * 2 - 1
+  frames = batch["frames"]
+  crop = config.loss.get("crop")
+  if crop:
+    key, crop_key = jax.random.split(key)
+    frames = random_crops(frames, crop_key, int(crop))
+  video = frames * 2 - 1
   with python_frame_loop():  # the chunk scan's gradient is slow on CPU (see python_frame_loop)
     posterior = vae.encode(video)
     reconstruction = vae.decode(posterior.sample(key))
   mse = jnp.mean((reconstruction - video) ** 2)
   kl = 0.5 * jnp.mean(posterior.mean ** 2 + jnp.exp(posterior.logvar) - 1 - posterior.logvar)
-  psnr = jnp.mean(image_metrics.psnr((reconstruction + 1) / 2, batch["frames"]))
+  psnr = jnp.mean(image_metrics.psnr((reconstruction + 1) / 2, frames))
   return mse + float(config.loss.kl_weight) * kl, {"mse": mse, "kl": kl, "psnr": psnr}
 
 
