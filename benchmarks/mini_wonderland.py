@@ -35,21 +35,21 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+
+from wonderland_jax.eval import image_metrics
+from wonderland_jax.train.vae import autoencode
 
 COLUMNS = ("vae", "vae_input", "frame0", "true_path", "mirrored_path", "held_still", "lalrm_seen", "lalrm_unseen",
            "flythrough")
 
 
 def psnr(prediction, target) -> float:
-  """Mean over frames of the per-frame PSNR (dB, at most 100) of (F, H, W, 3) images in [0, 1]."""
-  error = np.mean((np.asarray(prediction, np.float64) - np.asarray(target, np.float64)) ** 2, axis=(-3, -2, -1))
-  return float(np.mean(-10 * np.log10(np.maximum(error, 1e-10))))
+  """Mean over frames of the per-frame PSNR (dB) of (F, H, W, 3) images in [0, 1]."""
+  return float(jnp.mean(image_metrics.psnr(jnp.asarray(prediction), jnp.asarray(target))))
 
 
-@nnx.jit
-def _autoencode(vae, frames):
-  return (vae.decode(vae.encode(frames[None] * 2 - 1).mean)[0] + 1) / 2
+def _autoencode(vae, frames) -> np.ndarray:
+  return np.clip(np.asarray(autoencode(vae, jnp.asarray(frames)[None])[0]), 0, 1)
 
 
 def held_out_clips(weights: Path, num_scenes: int) -> list[dict]:
@@ -101,8 +101,7 @@ def measure(weights: Path, num_scenes: int, steps: int, seed: int) -> list[dict]
       row["lalrm_unseen"] = psnr(np.stack(list(render_frames(reference, targets, background=background))),
                                  clip["target_images"][unseen])
     generated = extras["frames"]
-    row.update(vae=psnr(np.clip(np.asarray(_autoencode(vae, jnp.asarray(truth))), 0, 1), truth),
-               vae_input=psnr(np.clip(np.asarray(_autoencode(vae, jnp.asarray(truth[:1]))), 0, 1), truth[:1]),
+    row.update(vae=psnr(_autoencode(vae, truth), truth), vae_input=psnr(_autoencode(vae, truth[:1]), truth[:1]),
                frame0=psnr(generated[:1], truth[:1]), true_path=psnr(generated[1:], truth[1:]),
                mirrored_path=psnr(mirrored_frames[1:], truth[1:]),
                held_still=psnr(np.broadcast_to(truth[:1], truth[1:].shape), truth[1:]),

@@ -9,38 +9,24 @@ camera-path families, so the first frame does not tell where the camera goes).
 `base.random_config`, the trained mini VAE of configs/vae_mini.py, a tiny T5). The clips can come from the scenes
 rendered once to disk, as for the VAE (`--config.data.source=scenes --config.data.format=realestate10k
 --config.data.root=... --config.data.eval_root=...`). The held-out v-MSE is reported with the true cameras and
-with a static camera: the gap is the branches' use of the cameras.
+with a static camera: the gap is the branches' use of the cameras. Everything else is configs/camera_dit_demo.py's.
 """
 
-import ml_collections
-from ml_collections.config_dict import placeholder
+import importlib.util
+import pathlib
 
-from wonderland_jax.train.camera_dit import COGVIDEOX_I2V_SCHEDULER
-from wonderland_jax.train.config import (
-  MINI_BASE,
-  MINI_DATA,
-  TINY_VAE,
-  data_block,
-  optimizer_block,
-  parallel_block,
-  train_block,
-)
+from wonderland_jax.train.config import MINI_BASE, MINI_DATA, TINY_VAE, data_block
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.base = dict(pipeline="runs/mini/pipeline", seed=0, trainable=True, param_dtype="float32", dtype="",
-                     attention="", remat="", sequence_parallel="", random_config=MINI_BASE)
-  config.camera = dict(branches="dual", controlnet_layers=2, lora_rank=8, lora_alpha=placeholder(float),
-                       lora_targets=("attn",), encoder_channels=32, spatial_compression=8)
-  config.vae = dict(checkpoint="", seed=0, random_config=TINY_VAE | dict(sample_height=64, sample_width=64))
-  config.text = dict(embeddings="", prompt="", dropout=0.0)  # the empty prompt everywhere, as the demo samples
-  config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)  # unused with a pipeline: its scheduler_config.json is read
-  config.objective = dict(image_noise_mean=-3.0, image_noise_std=0.5)
+def get_config():
+  path = pathlib.Path(__file__).with_name("camera_dit_demo.py")
+  spec = importlib.util.spec_from_file_location("camera_dit_demo", path)
+  demo = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(demo)
+  config = demo.get_config()
+  config.base.pipeline = "runs/mini/pipeline"
+  config.base.random_config = MINI_BASE
+  config.vae.random_config = TINY_VAE | dict(sample_height=64, sample_width=64)
   config.data = data_block(**MINI_DATA | dict(worker_threads=1), num_target_seen=0, num_target_unseen=0)
-  config.train = train_block(steps=4000, batch_size=8, log_every=50, checkpoint_every=250, keep_checkpoints=2,
-                             eval_every=500)
-  config.optimizer = optimizer_block(learning_rate=1e-3, warmup_steps=100, final_lr_fraction=0.05)
-  config.parallel = parallel_block()
+  config.train.steps = 4000
   return config

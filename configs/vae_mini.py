@@ -5,7 +5,8 @@ families, black background). Not yet trained for shipping; the goal is a held-ou
     wonderland train vae --config configs/vae_mini.py --workdir runs/mini/vae
 
 Rendering the clips costs about as much as the step, so the builder renders the scenes once to disk
-(`data.synthetic.write_mini_dataset`, RealEstate10K layout) and points the run at them:
+(`data.synthetic.write_synthetic_dataset(root, 1200, height=64, width=64, num_frames=21,
+background=(0, 0, 0), camera_paths='families')`, RealEstate10K layout) and points the run at them:
 
     wonderland train vae --config configs/vae_mini.py --workdir runs/mini/vae --config.data.source=scenes \
         --config.data.format=realestate10k --config.data.root=runs/mini/data/train \

@@ -63,7 +63,8 @@ def vae_loss(vae: CogVideoXVAE, batch: dict, key: jax.Array, *, config: ml_colle
 
 
 @nnx.jit
-def _reconstruct(vae, frames):
+def autoencode(vae: CogVideoXVAE, frames: jax.Array) -> jax.Array:
+  """frames (B, F, H, W, 3) in [0, 1] -> the VAE's reconstruction from the posterior mean (not clipped)."""
   return (vae.decode(vae.encode(frames * 2 - 1).mean) + 1) / 2
 
 
@@ -75,7 +76,7 @@ def vae_task(config: ml_collections.ConfigDict) -> Task:
     if not held_out:
       held_out.append(np.stack([clip["frames"] for clip in pipeline.eval_clips(config)]))
     frames = jnp.asarray(held_out[0])
-    reconstruction = _reconstruct(vae, frames)
+    reconstruction = autoencode(vae, frames)
     scalars = {"psnr": float(jnp.mean(image_metrics.psnr(reconstruction, frames))),
                "ssim": float(jnp.mean(image_metrics.ssim(reconstruction, frames)))}
     return scalars, {"reconstruction_vs_input": np.concatenate([reconstruction[0, 0], frames[0, 0]], axis=1)}
