@@ -15,7 +15,7 @@ with a static camera: the gap is the branches' use of the cameras. Everything el
 import importlib.util
 import pathlib
 
-from wonderland_jax.train.config import MINI_BASE, MINI_DATA, TINY_VAE, data_block
+from wonderland_jax.train.config import MINI_BASE, MINI_DATA, MINI_VAE, data_block
 
 
 def get_config():
@@ -26,7 +26,7 @@ def get_config():
   config = demo.get_config()
   config.base.pipeline = "runs/mini/pipeline"
   config.base.random_config = MINI_BASE
-  config.vae.random_config = TINY_VAE | dict(sample_height=64, sample_width=64)
+  config.vae.random_config = MINI_VAE
   config.data = data_block(**MINI_DATA | dict(worker_threads=1), num_target_seen=0, num_target_unseen=0)
   config.train.steps = 4000
   return config

@@ -18,14 +18,13 @@ whole 64x64 frames), 17 frames, batch 4.
 
 import ml_collections
 
-from wonderland_jax.train.config import MINI_DATA, data_block, optimizer_block, parallel_block, train_block
+from wonderland_jax.train.config import MINI_DATA, MINI_VAE, data_block, optimizer_block, parallel_block, train_block
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.model = dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=4, latent_channels=16,
-                      temporal_compression_ratio=4, sample_height=64, sample_width=64)
+  config.model = dict(MINI_VAE)
   config.data = data_block(**MINI_DATA | dict(worker_threads=1), num_target_seen=1, num_target_unseen=0)
   config.loss = dict(kl_weight=1e-4, crop=32)
   config.train = train_block(steps=4000, batch_size=4, eval_every=250, checkpoint_every=250)

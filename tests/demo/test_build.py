@@ -10,12 +10,13 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.convert.pipeline import PIPELINE_JSON, read_pipeline
-from wonderland_jax.demo.build import write_pipeline
+from wonderland_jax.data.scenes import scan_dataset
+from wonderland_jax.demo.build import RECIPES, build, write_pipeline, write_scenes
 from wonderland_jax.diffusion.pipeline import VideoPipeline
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.models.t5 import encode_prompt
 from wonderland_jax.models.vae import CogVideoXVAE, VAEConfig
-from wonderland_jax.train.config import load_config
+from wonderland_jax.train.config import REPO_CONFIGS, load_config
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +51,17 @@ def test_write_pipeline_loads_as_a_converted_pipeline(tmp_path, vae_dir):
   with pytest.raises(InputFileError, match="not a VAE"):
     write_pipeline(tmp_path / "bad", out / "transformer", base.random_config.to_dict())
   assert not (tmp_path / "bad").exists()
+
+
+def test_the_data_stage_renders_the_recipes_scenes_once(tmp_path):
+  data = load_config(str(REPO_CONFIGS.parent / RECIPES["mini"].vae), ["--config.data.num_eval_scenes=1"]).data
+  roots = write_scenes(tmp_path / "data", data, 2)
+  assert len(scan_dataset(roots["train"], "realestate10k")) == 2
+  assert len(scan_dataset(roots["eval"], "realestate10k")) == 1
+  frames = sorted((roots["train"] / "frames").iterdir())[0]
+  assert len(list(frames.iterdir())) == data.num_source_frames == 21
+  written = (roots["train"] / "poses").stat().st_mtime_ns
+  write_scenes(tmp_path / "data", data, 2)  # a rerun keeps what is there
+  assert (roots["train"] / "poses").stat().st_mtime_ns == written
+  with pytest.raises(WonderlandError, match="--recipe 'huge'"):
+    build(tmp_path / "w", tmp_path / "o", recipe="huge")

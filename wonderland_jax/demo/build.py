@@ -1,26 +1,32 @@
-"""Builds the weights `wonderland demo` ships: the tiny models, trained by the project's own commands.
+"""Builds the weights `wonderland demo` ships: the demo's models, trained by the project's own commands.
 
-    python -m wonderland_jax.demo.build --workdir runs/demo --out wonderland_jax/demo/weights
+    python -m wonderland_jax.demo.build --workdir runs/demo --out wonderland_jax/demo/weights [--recipe mini]
 
-Run from a checkout (the configs are the repository's `configs/`). Stages, in order, each skipped when its
-output is there (a rerun continues; every `wonderland train` also resumes by itself from its checkpoints):
+Run from a checkout (the configs are the repository's `configs/`). Two recipes (`RECIPES`): `mini` (issue 17:
+17 frames at 64x64 from camera-path families, rendered once to disk) and `tiny` (9 frames at 32x32, rendered in
+the steps; the weights shipped until the mini build lands). Stages, in order, each skipped when its output is
+there (a rerun continues; every `wonderland train` also resumes by itself from its checkpoints):
 
-  vae         wonderland train vae --config configs/vae_tiny.py --workdir <vae-workdir>   (default <workdir>/vae)
-  pipeline    <workdir>/pipeline: a tiny converted CogVideoX pipeline (`write_pipeline`): a random tiny base
-              transformer (configs/camera_dit_demo.py's base.random_config), the trained VAE, a random tiny T5
+  data        mini only: <workdir>/data/{train,eval}, the recipe's synthetic scenes in RealEstate10K layout
+              (`data.synthetic.write_synthetic_dataset`; held-out scenes from the data config's eval_seed); every
+              run below reads them (--config.data.source=scenes --config.data.root=... --config.data.eval_root=...)
+  vae         wonderland train vae --config <recipe's VAE config> --workdir <vae-workdir>   (default <workdir>/vae)
+  pipeline    <workdir>/pipeline: a tiny converted CogVideoX pipeline (`write_pipeline`): a random base
+              transformer (the camera-DiT config's base.random_config), the trained VAE, a random tiny T5
               encoder and a sentencepiece tokenizer trained here on a few lines, the CogVideoX-5B-I2V scheduler
-  camera_dit  wonderland train camera-dit --config configs/camera_dit_demo.py --workdir <workdir>/camera_dit
+  camera_dit  wonderland train camera-dit --config <recipe's camera-DiT config> --workdir <workdir>/camera_dit
                   --config.base.pipeline=<workdir>/pipeline            (base trained too: base.trainable)
-  lalrm       wonderland train lalrm --config configs/lalrm_tiny.py --workdir <workdir>/lalrm
+  lalrm       wonderland train lalrm --config <recipe's LaLRM config> --workdir <workdir>/lalrm
                   --config.vae.checkpoint=<vae-workdir>/model
   baselines   the held-out figures of the untrained models (same seeds), for the manifest
   assemble    --out: pipeline/ (the builder's with the TRAINED base as transformer/), branch/, lalrm/ and
-              MANIFEST.json (commands, steps, held-out figures, wall times, file sizes); written whole.
+              MANIFEST.json (recipe, commands, steps, held-out figures, wall times, file sizes); written whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -38,8 +44,21 @@ from wonderland_jax.io_utils import atomic_directory, write_json
 logger = logging.getLogger("wonderland_jax")
 
 MANIFEST = "MANIFEST.json"
-VAE_CONFIG, CAMERA_DIT_CONFIG = "configs/vae_tiny.py", "configs/camera_dit_demo.py"
-LALRM_CONFIG = "configs/lalrm_tiny.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """The configs of one demo build; `train_scenes` > 0 renders that many scenes to disk first (the data stage)."""
+  vae: str
+  camera_dit: str
+  lalrm: str
+  train_scenes: int = 0
+
+
+RECIPES = {
+    "mini": Recipe("configs/vae_mini.py", "configs/camera_dit_mini.py", "configs/lalrm_mini.py", train_scenes=1600),
+    "tiny": Recipe("configs/vae_tiny.py", "configs/camera_dit_demo.py", "configs/lalrm_tiny.py"),
+}
 
 # The tokenizer's training text: the sentencepiece model only has to exist (the demo's prompt is empty).
 TOKENIZER_CORPUS = ("a castle at dusk", "a small red boat on a lake", "the camera flies over green hills",
@@ -182,27 +201,55 @@ def _size(path: Path) -> int:
   return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def build(workdir: str | Path, out: str | Path, *, vae_workdir: str | Path | None = None,
+def write_scenes(data_dir: Path, data_config, num_train_scenes: int) -> dict[str, Path]:
+  """The data stage: `num_train_scenes` training scenes (seed 0) and the held-out ones (`data_config.eval_seed`,
+  `num_eval_scenes`) of the recipe's clips in RealEstate10K layout, each folder written whole (a rerun skips a
+  finished one); returns {"train": ..., "eval": ...}."""
+  from wonderland_jax.data.synthetic import write_synthetic_dataset  # noqa: PLC0415
+  roots = {"train": data_dir / "train", "eval": data_dir / "eval"}
+  counts = {"train": (num_train_scenes, 0),
+            "eval": (int(data_config.num_eval_scenes), int(data_config.eval_seed))}
+  for split, root in roots.items():
+    if (root / "poses").is_dir():
+      continue
+    count, seed = counts[split]
+    logger.info("demo build: rendering %d %s scenes to %s", count, split, root)
+    write_synthetic_dataset(root, count, seed=seed, height=int(data_config.height), width=int(data_config.width),
+                            num_frames=int(data_config.num_source_frames),
+                            background=tuple(data_config.synthetic_background),
+                            camera_paths=str(data_config.camera_paths))
+  return roots
+
+
+def build(workdir: str | Path, out: str | Path, *, recipe: str = "mini", vae_workdir: str | Path | None = None,
           overwrite: bool = False) -> dict:
-  """Runs the stages of the module docstring; returns the manifest."""
+  """Runs the stages of the module docstring for `RECIPES[recipe]`; returns the manifest."""
   from wonderland_jax.convert.pipeline import PIPELINE_JSON  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
+  if recipe not in RECIPES:
+    raise WonderlandError(f"--recipe {recipe!r}: not one of {sorted(RECIPES)}")
+  configs = RECIPES[recipe]
   workdir, out = Path(workdir).absolute(), Path(out).absolute()
   vae_dir = Path(vae_workdir).absolute() if vae_workdir else workdir / "vae"
   if out.exists() and any(out.iterdir()) and not overwrite:
     raise WonderlandError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
   workdir.mkdir(parents=True, exist_ok=True)
   pipeline_dir, camera_dir, lalrm_dir = workdir / "pipeline", workdir / "camera_dit", workdir / "lalrm"
+  data_flags = []
+  if configs.train_scenes:
+    roots = write_scenes(workdir / "data", load_config(str(_repo_root() / configs.vae)).data, configs.train_scenes)
+    data_flags = ["--config.data.source=scenes", "--config.data.format=realestate10k",
+                  f"--config.data.root={roots['train']}", f"--config.data.eval_root={roots['eval']}"]
   commands = {
-      "vae": ["wonderland", "train", "vae", "--config", VAE_CONFIG, "--workdir", str(vae_dir)],
-      "camera_dit": ["wonderland", "train", "camera-dit", "--config", CAMERA_DIT_CONFIG, "--workdir", str(camera_dir),
-                     f"--config.base.pipeline={pipeline_dir}"],
-      "lalrm": ["wonderland", "train", "lalrm", "--config", LALRM_CONFIG, "--workdir", str(lalrm_dir),
-                f"--config.vae.checkpoint={vae_dir / 'model'}"],
+      "vae": ["wonderland", "train", "vae", "--config", configs.vae, "--workdir", str(vae_dir), *data_flags],
+      "camera_dit": ["wonderland", "train", "camera-dit", "--config", configs.camera_dit, "--workdir",
+                     str(camera_dir), f"--config.base.pipeline={pipeline_dir}", *data_flags],
+      "lalrm": ["wonderland", "train", "lalrm", "--config", configs.lalrm, "--workdir", str(lalrm_dir),
+                f"--config.vae.checkpoint={vae_dir / 'model'}", *data_flags],
   }
   if not _finished(vae_dir):
     _run(commands["vae"])
-  demo_config = load_config(str(_repo_root() / CAMERA_DIT_CONFIG))
+  demo_config = load_config(str(_repo_root() / configs.camera_dit))
   if not (pipeline_dir / PIPELINE_JSON).is_file():
     write_pipeline(pipeline_dir, vae_dir / "model", demo_config.base.random_config.to_dict(),
                    seed=int(demo_config.base.seed))
@@ -212,7 +259,10 @@ def build(workdir: str | Path, out: str | Path, *, vae_workdir: str | Path | Non
     _run(commands["lalrm"])
   commands = {name: " ".join(command) for name, command in commands.items()}
   commands["pipeline"] = (f"write_pipeline({pipeline_dir}, {vae_dir / 'model'}, base.random_config of "
-                          f"{CAMERA_DIT_CONFIG}, seed={int(demo_config.base.seed)})")
+                          f"{configs.camera_dit}, seed={int(demo_config.base.seed)})")
+  if configs.train_scenes:
+    commands["data"] = (f"write_scenes({workdir / 'data'}, the data block of {configs.vae}, "
+                        f"{configs.train_scenes})")
 
   baselines_path = workdir / "untrained.json"
   if baselines_path.is_file():
@@ -223,8 +273,9 @@ def build(workdir: str | Path, out: str | Path, *, vae_workdir: str | Path | Non
 
   lalrm_eval, camera_eval, vae_eval = _last_eval(lalrm_dir), _last_eval(camera_dir), _last_eval(vae_dir)
   manifest = {
-      "builder": f"python -m wonderland_jax.demo.build --workdir {workdir} --out {out}"
+      "builder": f"python -m wonderland_jax.demo.build --recipe {recipe} --workdir {workdir} --out {out}"
                  + (f" --vae-workdir {vae_dir}" if vae_workdir else ""),
+      "recipe": recipe,
       "commands": commands,
       "steps": {"vae": int(vae_eval["step"]), "camera_dit": int(camera_eval["step"]), "lalrm": int(lalrm_eval["step"])},
       "train_seconds": {name: round(_train_seconds(path), 1) for name, path in
@@ -257,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m wonderland_jax.demo.build", description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="the training workdirs and the tiny pipeline go here")
   parser.add_argument("--out", required=True, help="the shipped weights (wonderland_jax/demo/weights)")
-  parser.add_argument("--vae-workdir", default=None, help="the tiny VAE's workdir (default <workdir>/vae); a "
+  parser.add_argument("--recipe", default="mini", choices=sorted(RECIPES),
+                      help="mini: 17 frames at 64x64 (issue 17); tiny: 9 frames at 32x32 (default: mini)")
+  parser.add_argument("--vae-workdir", default=None, help="the VAE's workdir (default <workdir>/vae); a "
                                                           "finished one is used as it is")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   args = parser.parse_args(argv)
@@ -266,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   started = time.perf_counter()
   try:
-    manifest = build(args.workdir, args.out, vae_workdir=args.vae_workdir, overwrite=args.overwrite)
+    manifest = build(args.workdir, args.out, recipe=args.recipe, vae_workdir=args.vae_workdir, overwrite=args.overwrite)
   except WonderlandError as err:
     sys.stderr.write(f"demo build: error: {err}\n")
     return 2

@@ -36,6 +36,8 @@ TINY_BASE = dict(num_attention_heads=2, attention_head_dim=32, in_channels=32, o
 # The mini Wonderland's clips (issue 17; every stage trains and is evaluated on them): 17 frames at 64x64 (5
 # latent frames of 8x8), consecutive frames of 21-frame paths drawn from the camera-path families (the first
 # frame does not tell where the camera goes), over a black background. Held-out scenes: eval_seed.
+MINI_VAE = dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=4, latent_channels=16,
+                temporal_compression_ratio=4, sample_height=64, sample_width=64)  # configs/vae_mini.py's model
 MINI_DATA = dict(source="synthetic", num_frames=17, height=64, width=64, num_source_frames=21, stride=(1, 1),
                  camera_paths="families", synthetic_background=(0.0, 0.0, 0.0), num_train_scenes=100_000,
                  eval_seed=1, num_eval_scenes=16)
