@@ -15,6 +15,8 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.cli import main
+from wonderland_jax.diffusion import sampling
+from wonderland_jax.diffusion.sampling import encode_image
 from wonderland_jax.diffusion.schedulers import add_noise, get_velocity, make_tables
 from wonderland_jax.errors import InputFileError
 from wonderland_jax.models import camera_dit
@@ -145,6 +147,17 @@ def test_objective_is_the_v_prediction_target():
   # The image condition is the (noised) first frame's latents, then zeros.
   condition = model_input[..., 16:]
   assert float(jnp.abs(condition[:, 0]).max()) > 0 and float(jnp.abs(condition[:, 1:]).max()) == 0
+  # Issue 17's regression guard: without the noise augmentation the training condition is exactly the one the
+  # sampler builds from the same image (`encode_image`: scaled posterior sample, then `_condition`'s zeros), and
+  # the augmentation moves it only slightly. A scaling, layout or posterior mismatch between the two fails here.
+  clean_config = load_config("camera_dit_tiny", TINY + ["--config.objective.image_noise_mean=-40.0"])
+  clean_input = trainer.diffusion_inputs(model, batch, key, tables=tables, config=clean_config)[0]
+  posterior_noise = jax.random.normal(jax.random.split(key, 6)[3], (2, 1, 4, 4, 16))
+  image_latents = encode_image(model.vae, batch["frames"][:, 0] * 2 - 1, posterior_noise)
+  sampled = sampling._condition(image_latents, 3, model.dit.base.config.patch_size_t)
+  np.testing.assert_allclose(clean_input[..., 16:], sampled, atol=1e-5)
+  shift = float(jnp.sqrt(jnp.mean((condition[:, 0] - sampled[:, 0]) ** 2)))
+  assert 0 < shift < 0.25 * float(jnp.sqrt(jnp.mean(sampled[:, 0] ** 2)))
   # bfloat16 frozen base: the base's params are stored in bf16, the branch params stay float32.
   config_bf16 = load_config("camera_dit_tiny", TINY + ["--config.base.param_dtype=bfloat16"])
   bf16 = trainer.CameraDiTTrainee(config_bf16, nnx.Rngs(0))
