@@ -165,6 +165,18 @@ def test_nerfstudio_errors(tmp_path):
     read_nerfstudio(tmp_path)
   with pytest.raises(InputFileError, match="no such file"):
     read_nerfstudio(tmp_path / "nothing" / "transforms.json")
+  # Only perspective cameras: a fisheye or equirectangular file is refused by name, per file or per frame.
+  for model in ("OPENCV", "PINHOLE", "SIMPLE_RADIAL"):
+    write_transforms(tmp_path, camera_model=model)
+    assert len(read_nerfstudio(tmp_path).names) == 2
+  write_transforms(tmp_path, camera_model="EQUIRECTANGULAR")
+  with pytest.raises(InputFileError, match=r"transforms\.json: 'camera_model' is 'EQUIRECTANGULAR'; only perspective"):
+    read_nerfstudio(tmp_path)
+  meta = write_transforms(tmp_path)
+  meta["frames"][1]["camera_model"] = "OPENCV_FISHEYE"
+  (tmp_path / "transforms.json").write_text(json.dumps(meta))
+  with pytest.raises(InputFileError, match=r"'frames\[1\]\.camera_model' is 'OPENCV_FISHEYE'"):
+    read_nerfstudio(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ COLMAP

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -125,31 +126,41 @@ def test_dl3dv(re10k_root, tmp_path):
   np.testing.assert_array_equal(scene.load_frames([0, 23]), source.load_frames([0, 23]))
 
 
-def _write_colmap(scene_dir, source):
+def _write_colmap(scene_dir, source, *, binary=False):
+  """The scene as COLMAP writes it: sparse/0/ with a text model, or (binary) COLMAP's default cameras.bin and
+  images.bin (little-endian, model id 1 = PINHOLE, no 2D points), and images/."""
   model = scene_dir / "sparse" / "0"
   model.mkdir(parents=True)
   (scene_dir / "images").mkdir()
   K = source.intrinsics[0]
+  params = [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]
   numbers = lambda values: " ".join(f"{value:.17g}" for value in values)
-  (model / "cameras.txt").write_text(f"# comment\n1 PINHOLE {WIDTH} {HEIGHT} {numbers(K[[0, 1, 0], [0, 1, 2]])} "
-                                     f"{K[1, 2]:.17g}\n")
-  lines = []
+  lines, images = [], struct.pack("<Q", len(source.viewmats))
   for index, viewmat in enumerate(source.viewmats):
     x, y, z, w = Rotation.from_matrix(viewmat[:3, :3]).as_quat()
     lines += [f"{index + 1} {numbers([w, x, y, z])} {numbers(viewmat[:3, 3])} 1 view{index:03d}.png", ""]
+    images += struct.pack("<i7di", index + 1, w, x, y, z, *viewmat[:3, 3], 1) + f"view{index:03d}.png".encode()
+    images += b"\0" + struct.pack("<Q", 0)
     write_png(scene_dir / "images" / f"view{index:03d}.png", source.load_frames([index])[0])
-  (model / "images.txt").write_text("\n".join(lines) + "\n")
+  if binary:
+    (model / "cameras.bin").write_bytes(struct.pack("<QiiQQ4d", 1, 1, 1, WIDTH, HEIGHT, *params))
+    (model / "images.bin").write_bytes(images)
+  else:
+    (model / "cameras.txt").write_text(f"# comment\n1 PINHOLE {WIDTH} {HEIGHT} {numbers(params)}\n")
+    (model / "images.txt").write_text("\n".join(lines) + "\n")
 
 
 def test_colmap(re10k_root, tmp_path):
   source = scan_dataset(re10k_root, "realestate10k").scenes[0].load()
   _write_colmap(tmp_path / "garden", source)
+  _write_colmap(tmp_path / "lawn", source, binary=True)  # COLMAP's default output: cameras.bin + images.bin
   scan = scan_dataset(tmp_path, "colmap", check=True, on_error="raise")
-  assert [ref.name for ref in scan.scenes] == ["garden"]
-  scene = scan.scenes[0].load()
-  np.testing.assert_allclose(scene.viewmats, source.viewmats, atol=1e-5)
-  np.testing.assert_allclose(scene.intrinsics, source.intrinsics, rtol=1e-6)
-  np.testing.assert_array_equal(scene.load_frames([4]), source.load_frames([4]))
+  assert [ref.name for ref in scan.scenes] == ["garden", "lawn"]
+  for ref in scan.scenes:
+    scene = ref.load()
+    np.testing.assert_allclose(scene.viewmats, source.viewmats, atol=1e-5)
+    np.testing.assert_allclose(scene.intrinsics, source.intrinsics, rtol=1e-6)
+    np.testing.assert_array_equal(scene.load_frames([4]), source.load_frames([4]))
   (tmp_path / "garden" / "images" / "view005.png").unlink()
   with pytest.raises(InputFileError, match=r"garden: 1 of 24 images are missing, e.g. .*view005.png"):
     read_colmap_scene(tmp_path / "garden", tmp_path / "garden" / "images")

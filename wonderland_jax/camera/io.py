@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 REALESTATE10K_FIELDS = 19  # timestamp_us fx fy cx cy 0 0, then a row-major 3x4 world->camera matrix
 NERFSTUDIO_INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 NERFSTUDIO_DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
+# nerfstudio `camera_model` values of perspective cameras (its CAMERA_MODEL_TO_TYPE -> PERSPECTIVE; OPENCV is its
+# default when the key is absent); the others (OPENCV_FISHEYE, EQUIRECTANGULAR, FISHEYE624, ...) are refused.
+NERFSTUDIO_PERSPECTIVE = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
 # COLMAP camera model -> (number of PARAMS, indices of fx, fy, cx, cy); later params are distortion.
 COLMAP_MODELS = {
   "SIMPLE_PINHOLE": (3, (0, 0, 1, 2)),
@@ -125,7 +128,9 @@ def write_realestate10k(path, poses: PoseSequence, url: str = "") -> None:
 def read_nerfstudio(path) -> PoseSequence:
   """Reads a nerfstudio `transforms.json` (as shipped with DL3DV), or a directory containing one.
 
-  Intrinsics `fl_x, fl_y, cx, cy, w, h` (pixels) come from each frame, falling back to the top level.
+  Intrinsics `fl_x, fl_y, cx, cy, w, h` (pixels) come from each frame, falling back to the top level; so does
+  `camera_model`, which must be a perspective one (`NERFSTUDIO_PERSPECTIVE`; absent means OPENCV): a fisheye
+  or equirectangular file is refused by name, not read as pinhole.
   `frames[i].transform_matrix` is camera->world in OpenGL/Blender axes (x right, y up, z back) and is
   converted to OpenCV by negating the camera's y and z axes. Frames are sorted by `file_path`, which
   becomes the name. All frames must share one image size.
@@ -145,6 +150,11 @@ def read_nerfstudio(path) -> PoseSequence:
     where = f"frames[{index}]"
     if not isinstance(frame, dict):
       raise InputFileError(f"{path}: '{where}' must be an object, got {type(frame).__name__}")
+    model = frame.get("camera_model", meta.get("camera_model", "OPENCV"))
+    if model not in NERFSTUDIO_PERSPECTIVE:
+      source = f"{where}.camera_model" if "camera_model" in frame else "camera_model"
+      raise InputFileError(f"{path}: '{source}' is {model!r}; only perspective cameras are supported "
+                           f"({', '.join(NERFSTUDIO_PERSPECTIVE)})")
     intrinsics = {}
     for key in NERFSTUDIO_INTRINSICS:
       if key not in frame and key not in meta:

@@ -17,9 +17,10 @@ Layouts read by `scan_dataset(root, format)`:
   dl3dv                  every `transforms.json` below `root` (nerfstudio, as DL3DV ships it); images at
                          `file_path` relative to the JSON, or with its first folder replaced by `images_dir`
                          (DL3DV's downsampled `images_4/`).
-  colmap                 every COLMAP text model below `root` (`<scene>/sparse/0/{cameras,images}.txt` or
-                         `<scene>/{cameras,images}.txt`) with its images in `<scene>/<images_dir>/NAME`
-                         (`images_dir` defaults to `images`).
+  colmap                 every COLMAP model below `root`, text or binary (COLMAP's default output):
+                         `<scene>/sparse/0/{cameras,images}.{txt,bin}` or `<scene>/{cameras,images}.{txt,bin}`
+                         (text preferred where a folder has both), with its images in
+                         `<scene>/<images_dir>/NAME` (`images_dir` defaults to `images`).
 
 When the images on disk are smaller or larger than the size the cameras were calibrated for (dl3dv's
 `images_4`, a downsampled COLMAP folder), the intrinsics are scaled per axis to the images' size.
@@ -43,7 +44,7 @@ import imageio.v2 as iio2
 import imageio.v3 as iio3
 import numpy as np
 
-from wonderland_jax.camera.io import PoseSequence, read_colmap_text, read_nerfstudio, read_realestate10k
+from wonderland_jax.camera.io import PoseSequence, read_colmap, read_nerfstudio, read_realestate10k
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import read_image
 
@@ -333,9 +334,9 @@ def read_nerfstudio_scene(path, *, images_dir: str | None = None, name: str | No
 
 
 def read_colmap_scene(model_dir, images_dir, *, name: str | None = None) -> Scene:
-  """A COLMAP text model (`model_dir` or its sparse/0) with image NAMEs relative to `images_dir`."""
+  """A COLMAP model, text or binary (`model_dir` or its sparse/0), with image NAMEs relative to `images_dir`."""
   model_dir, images_dir = Path(model_dir), Path(images_dir)
-  poses = read_colmap_text(model_dir)
+  poses = read_colmap(model_dir)
   paths = [images_dir / image_name for image_name in poses.names]
   _check_exist(paths, model_dir)
   return _scene_from_files(name or model_dir.name, model_dir, paths, poses, "colmap")
@@ -437,9 +438,11 @@ def _find_dl3dv(root: Path, format: str, images_dir: str | None):
 
 
 def _find_colmap(root: Path, format: str, images_dir: str | None):
-  models = sorted(p.parent for p in root.rglob("cameras.txt") if (p.parent / "images.txt").is_file())
+  models = sorted({p.parent for suffix in ("txt", "bin") for p in root.rglob(f"cameras.{suffix}")
+                   if (p.parent / f"images.{suffix}").is_file()})
   if not models:
-    raise InputFileError(f"{root}: no COLMAP text model (cameras.txt + images.txt) below this folder")
+    raise InputFileError(f"{root}: no COLMAP model (cameras.txt + images.txt or cameras.bin + images.bin) below "
+                         "this folder")
   for model in models:
     scene_dir = model.parent.parent if model.parent.name == "sparse" else model
     images = scene_dir / (images_dir or "images")
