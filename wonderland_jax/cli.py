@@ -329,7 +329,7 @@ def _add_camera_flags(parser: argparse.ArgumentParser) -> None:
                       help="the camera branch checkpoint (`<workdir>/model` of `wonderland train camera-dit`)")
   parser.add_argument("--trajectory", required=True,
                       help="a preset (" + ", ".join(PRESETS) + "; --fov, --param) or a pose file with one camera "
-                           "per frame: RealEstate10K .txt, nerfstudio transforms.json, COLMAP text model dir. "
+                           "per frame: RealEstate10K .txt, nerfstudio transforms.json, COLMAP model dir (.txt/.bin). "
                            "Re-based on the first camera and scale-normalised as in training")
   parser.add_argument("--prompt", default="", help="text prompt (default empty)")
   parser.add_argument("--frames", type=flags.positive_int, default=None,
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
   render.add_argument("--ply", required=True, help="3DGS .ply file (Inria / gsplat / SuperSplat layout)")
   render.add_argument("--trajectory", default="orbit",
                       help="a preset (orbit, dolly, zoom-out, pan-left, pan-right, spiral) or a pose file: "
-                           "RealEstate10K .txt (needs --size), nerfstudio transforms.json, COLMAP text model dir")
+                           "RealEstate10K .txt (needs --size), nerfstudio transforms.json, COLMAP model (.txt/.bin)")
   render.add_argument("--frames", type=flags.positive_int, default=60,
                       help="number of frames (pose files: evenly subsampled)")
   render.add_argument("--size", type=flags.size, default=None, help="WIDTHxHEIGHT (default 512x512 for presets)")
@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "training config's vae.checkpoint)")
   recon.add_argument("--video", required=True, help="a video file or a directory of frames (1 + 4k frames)")
   recon.add_argument("--cameras", required=True, help="pose file, one camera per frame: RealEstate10K .txt, "
-                                                      "nerfstudio transforms.json or a COLMAP text model")
+                                                      "nerfstudio transforms.json or a COLMAP model (text or binary)")
   recon.add_argument("--size", type=flags.size, default=None, help="resize frames to WIDTHxHEIGHT first")
   recon.add_argument("--out", required=True, help="output .ply")
   recon.add_argument("--render", default=None, help="also render the input camera path to this video")

@@ -1,4 +1,4 @@
-"""Multi-view scenes on disk: RealEstate10K / ACID, DL3DV (nerfstudio) and COLMAP text models.
+"""Multi-view scenes on disk: RealEstate10K / ACID, DL3DV (nerfstudio) and COLMAP models (text or binary).
 
 A `Scene` is a sequence of N source frames (image files, frames of a video, or frames rendered on demand)
 with one camera per frame: `viewmats` (N, 4, 4) world->camera, OpenCV axes, and `intrinsics` (N, 3, 3) in
