@@ -65,3 +65,8 @@ def test_the_data_stage_renders_the_recipes_scenes_once(tmp_path):
   assert (roots["train"] / "poses").stat().st_mtime_ns == written
   with pytest.raises(WonderlandError, match="--recipe 'huge'"):
     build(tmp_path / "w", tmp_path / "o", recipe="huge")
+  with pytest.raises(WonderlandError, match="--train-flag 'train.steps=2': expected a config override"):
+    build(tmp_path / "w", tmp_path / "o", train_flags=("train.steps=2",))
+  with pytest.raises(WonderlandError, match="--train-scenes: the 'tiny' recipe renders its clips inside"):
+    build(tmp_path / "w", tmp_path / "o", recipe="tiny", train_scenes=4)
+  assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()  # refused before anything is written

@@ -222,30 +222,39 @@ def write_scenes(data_dir: Path, data_config, num_train_scenes: int) -> dict[str
 
 
 def build(workdir: str | Path, out: str | Path, *, recipe: str = "mini", vae_workdir: str | Path | None = None,
-          overwrite: bool = False) -> dict:
-  """Runs the stages of the module docstring for `RECIPES[recipe]`; returns the manifest."""
+          overwrite: bool = False, train_flags: tuple[str, ...] = (), train_scenes: int | None = None) -> dict:
+  """Runs the stages of the module docstring for `RECIPES[recipe]`; returns the manifest. `train_flags` are
+  appended to every `wonderland train` command (e.g. "--config.train.steps=2" for a smoke run); `train_scenes`
+  replaces the recipe's number of rendered training scenes."""
   from wonderland_jax.convert.pipeline import PIPELINE_JSON  # noqa: PLC0415
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
   if recipe not in RECIPES:
     raise WonderlandError(f"--recipe {recipe!r}: not one of {sorted(RECIPES)}")
   configs = RECIPES[recipe]
+  if train_scenes is not None:
+    if not configs.train_scenes:
+      raise WonderlandError(f"--train-scenes: the {recipe!r} recipe renders its clips inside the steps")
+    configs = dataclasses.replace(configs, train_scenes=train_scenes)
+  for flag in train_flags:
+    if not flag.startswith("--config."):
+      raise WonderlandError(f"--train-flag {flag!r}: expected a config override like --config.train.steps=100")
   workdir, out = Path(workdir).absolute(), Path(out).absolute()
   vae_dir = Path(vae_workdir).absolute() if vae_workdir else workdir / "vae"
   if out.exists() and any(out.iterdir()) and not overwrite:
     raise WonderlandError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
   workdir.mkdir(parents=True, exist_ok=True)
   pipeline_dir, camera_dir, lalrm_dir = workdir / "pipeline", workdir / "camera_dit", workdir / "lalrm"
-  data_flags = []
+  extra_flags = list(train_flags)
   if configs.train_scenes:
     roots = write_scenes(workdir / "data", load_config(str(_repo_root() / configs.vae)).data, configs.train_scenes)
-    data_flags = ["--config.data.source=scenes", "--config.data.format=realestate10k",
-                  f"--config.data.root={roots['train']}", f"--config.data.eval_root={roots['eval']}"]
+    extra_flags = ["--config.data.source=scenes", "--config.data.format=realestate10k",
+                  f"--config.data.root={roots['train']}", f"--config.data.eval_root={roots['eval']}", *extra_flags]
   commands = {
-      "vae": ["wonderland", "train", "vae", "--config", configs.vae, "--workdir", str(vae_dir), *data_flags],
+      "vae": ["wonderland", "train", "vae", "--config", configs.vae, "--workdir", str(vae_dir), *extra_flags],
       "camera_dit": ["wonderland", "train", "camera-dit", "--config", configs.camera_dit, "--workdir",
-                     str(camera_dir), f"--config.base.pipeline={pipeline_dir}", *data_flags],
+                     str(camera_dir), f"--config.base.pipeline={pipeline_dir}", *extra_flags],
       "lalrm": ["wonderland", "train", "lalrm", "--config", configs.lalrm, "--workdir", str(lalrm_dir),
-                f"--config.vae.checkpoint={vae_dir / 'model'}", *data_flags],
+                f"--config.vae.checkpoint={vae_dir / 'model'}", *extra_flags],
   }
   if not _finished(vae_dir):
     _run(commands["vae"])
@@ -274,6 +283,8 @@ def build(workdir: str | Path, out: str | Path, *, recipe: str = "mini", vae_wor
   lalrm_eval, camera_eval, vae_eval = _last_eval(lalrm_dir), _last_eval(camera_dir), _last_eval(vae_dir)
   manifest = {
       "builder": f"python -m wonderland_jax.demo.build --recipe {recipe} --workdir {workdir} --out {out}"
+                 + "".join(f" --train-flag={flag}" for flag in train_flags)
+                 + (f" --train-scenes {train_scenes}" if train_scenes is not None else "")
                  + (f" --vae-workdir {vae_dir}" if vae_workdir else ""),
       "recipe": recipe,
       "commands": commands,
@@ -312,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="mini: 17 frames at 64x64 (issue 17); tiny: 9 frames at 32x32 (default: mini)")
   parser.add_argument("--vae-workdir", default=None, help="the VAE's workdir (default <workdir>/vae); a "
                                                           "finished one is used as it is")
+  parser.add_argument("--train-flag", action="append", default=[], metavar="--config.KEY=VALUE",
+                      help="appended to every `wonderland train` command (repeatable; e.g. "
+                           "--train-flag=--config.train.steps=2 for a smoke run)")
+  parser.add_argument("--train-scenes", type=int, default=None,
+                      help="training scenes the data stage renders (default: the recipe's; mini: 1600)")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="[wonderland] %(message)s", stream=sys.stderr)
@@ -319,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   started = time.perf_counter()
   try:
-    manifest = build(args.workdir, args.out, recipe=args.recipe, vae_workdir=args.vae_workdir, overwrite=args.overwrite)
+    manifest = build(args.workdir, args.out, recipe=args.recipe, vae_workdir=args.vae_workdir,
+                     overwrite=args.overwrite, train_flags=tuple(args.train_flag), train_scenes=args.train_scenes)
   except WonderlandError as err:
     sys.stderr.write(f"demo build: error: {err}\n")
     return 2
