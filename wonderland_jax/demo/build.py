@@ -248,7 +248,7 @@ def build(workdir: str | Path, out: str | Path, *, recipe: str = "mini", vae_wor
   if configs.train_scenes:
     roots = write_scenes(workdir / "data", load_config(str(_repo_root() / configs.vae)).data, configs.train_scenes)
     extra_flags = ["--config.data.source=scenes", "--config.data.format=realestate10k",
-                  f"--config.data.root={roots['train']}", f"--config.data.eval_root={roots['eval']}", *extra_flags]
+                   f"--config.data.root={roots['train']}", f"--config.data.eval_root={roots['eval']}", *extra_flags]
   commands = {
       "vae": ["wonderland", "train", "vae", "--config", configs.vae, "--workdir", str(vae_dir), *extra_flags],
       "camera_dit": ["wonderland", "train", "camera-dit", "--config", configs.camera_dit, "--workdir",
