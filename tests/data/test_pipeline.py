@@ -18,6 +18,7 @@ from wonderland_jax.data import (
   eval_clips,
   make_iterator,
   make_train_iterator,
+  source_configs,
 )
 from wonderland_jax.errors import WonderlandError
 
@@ -120,3 +121,85 @@ def test_training_config_and_eval_clips():
   np.testing.assert_array_equal(held_out[1]["frames"], eval_clips(config)[1]["frames"])  # the same every run
   training_scene = SyntheticDataset(clip_spec(config), num_scenes=100, seed=0).scene(1)
   assert not np.array_equal(held_out[1]["viewmats"], training_scene.viewmats[:9])
+
+
+def _synthetic(**fields):
+  return {"source": "synthetic", "num_train_scenes": 6, "num_frames": 9, "height": HEIGHT, "width": WIDTH,
+          "stride": [1, 2]} | fields
+
+
+def _focal(batch):
+  return np.round(batch["intrinsics"][:, 0, 0, 0], 3).tolist()
+
+
+def test_mixture_reads_each_source_in_proportion_and_resumes():
+  shared = {"num_frames": 9, "height": HEIGHT, "width": WIDTH, "batch_size": 4, "shuffle_seed": 5}
+  alone = make_train_iterator(_synthetic(batch_size=4, shuffle_seed=5), process_index=0, process_count=1)
+  one = {"sources": {"only": {"source": "synthetic", "num_train_scenes": 6, "stride": [1, 2], "weight": 2.0}}}
+  single = make_train_iterator(shared | one, process_index=0, process_count=1)
+  for _ in range(2):  # a one-source mixture reads exactly as the source alone
+    want, got = next(alone), next(single)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+  # Two sources told apart by their field of view (the intrinsics' focal length), weights 3 : 1.
+  mixture = shared | {"sources": {
+    "wide": {"source": "synthetic", "num_train_scenes": 6, "stride": [1, 2], "fov_deg": 70.0, "weight": 3.0,
+             "num_eval_scenes": 2},
+    "narrow": {"source": "synthetic", "num_train_scenes": 5, "seed": 9, "stride": 1, "fov_deg": 40.0, "weight": 1.0,
+               "num_eval_scenes": 2}}}
+  iterator = make_train_iterator(mixture, process_index=0, process_count=1)
+  batches = [next(iterator) for _ in range(3)]
+  focals = sum((_focal(batch) for batch in batches), [])
+  assert len(set(focals)) == 2
+  wide = max(set(focals), key=focals.count)
+  assert focals.count(wide) == 9 and wide == min(focals)  # 3 : 1 of 12; the wider view has the shorter focal
+  narrow_frames = [frames for batch in batches for frames, focal in zip(batch["frame_indices"], _focal(batch))
+                   if focal != wide]
+  assert all(np.all(np.diff(indices) == 1) for indices in narrow_frames)  # the narrow source's own stride
+
+  state = iterator.get_state()
+  json.dumps(state)
+  expected = [next(iterator) for _ in range(3)]  # past the narrow source's first epoch (5 scenes)
+  resumed = make_train_iterator(mixture, process_index=0, process_count=1)
+  resumed.set_state(state)
+  for want, got in zip(expected, [next(resumed) for _ in range(3)]):
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+  held_out = eval_clips(mixture)  # num_eval_scenes of each source, in source order
+  assert len(held_out) == 4 and _focal({"intrinsics": np.stack([c["intrinsics"] for c in held_out])})[0] == wide
+
+
+def test_mixture_config_from_a_locked_training_config_and_errors(re10k_root):
+  config = ml_collections.ConfigDict({"train": {"batch_size": 2}, "data": {
+    "num_frames": 9, "height": 24, "width": 24, "shuffle_seed": 0,
+    "sources": {"re10k": {"source": "realestate10k", "root": ml_collections.config_dict.placeholder(str),
+                          "weight": 1.0},
+                "unused": {"source": "latents", "root": "nowhere", "weight": 0.0}}}})
+  config.lock()
+  config.data.sources.re10k.root = str(re10k_root)  # as --config.data.sources.re10k.root=... does
+  (name, weight, merged), = source_configs(config)  # weight 0: left out (its missing cache is never opened)
+  assert (name, weight, merged["source"], merged["format"]) == ("re10k", 1.0, "scenes", "realestate10k")
+  assert next(make_train_iterator(config, process_index=0, process_count=1))["frames"].shape == (2, 9, 24, 24, 3)
+
+  with pytest.raises(WonderlandError, match="sources.a.num_frames is shared by every source"):
+    data_config({"sources": {"a": {"num_frames": 5}}})
+  with pytest.raises(WonderlandError, match="sources.a: unknown key\\(s\\) wieght"):
+    data_config({"sources": {"a": {"wieght": 1}}})
+  with pytest.raises(WonderlandError, match="sources.source0.weight must be a number >= 0, got -1"):
+    data_config({"sources": [{"weight": -1}]})
+  with pytest.raises(WonderlandError, match="every source of the mixture has weight 0"):
+    data_config({"sources": [{"weight": 0}]})
+  with pytest.raises(WonderlandError, match="sources.b: source='scenes' needs 'root'"):
+    data_config({"sources": {"a": {}, "b": {"source": "scenes"}}})
+  with pytest.raises(WonderlandError, match="cannot mix latent caches with frame sources"):
+    data_config({"sources": {"a": {}, "b": {"source": "latents", "root": "x"}}})
+  with pytest.raises(WonderlandError, match="either 'root' \\(one source\\) or 'sources'"):
+    data_config({"root": "x", "sources": {"a": {}}})
+  with pytest.raises(WonderlandError, match="source='acid' but format='dl3dv'"):
+    data_config({"source": "acid", "format": "dl3dv", "root": "x"})
+  with pytest.raises(WonderlandError, match="posterior must be one of \\('mean', 'sample'\\)"):
+    data_config({"posterior": "mode"})
+  with pytest.raises(WonderlandError, match="no source of the mixture has held-out data"):
+    eval_clips({"sources": {"a": {"source": "acid", "root": "x"}}})

@@ -52,6 +52,7 @@ from wonderland_jax.data.pipeline import (
                                        make_dataset,
                                        make_iterator,
                                        make_train_iterator,
+                                       source_configs,
 )
 from wonderland_jax.data.scenes import (
                                        FORMATS,

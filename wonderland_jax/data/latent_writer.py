@@ -28,6 +28,7 @@ from wonderland_jax.data.latent_cache import (
   CACHE_FORMAT,
   CACHE_VERSION,
   CAMERA_KEYS,
+  EXTRA_KEYS,
   IMAGE_CODECS,
   INDEX_FILE,
   LatentCache,
@@ -43,23 +44,35 @@ from wonderland_jax.progress import progress as show_progress
 logger = logging.getLogger(__name__)
 
 
-def make_encoder(vae) -> Callable[[np.ndarray], np.ndarray]:
+def make_encoder(vae, with_std: bool = False) -> Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]]:
   """A jit-compiled encoder: frames (B, F, H, W, 3) float in [0, 1] -> scaled latents (B, T, h, w, C) float32
-  (numpy), T = 1 + (F - 1) / temporal compression. Compiles once per input shape."""
+  (numpy), T = 1 + (F - 1) / temporal compression: the posterior mean (`encode_frames`), and with `with_std`
+  also the posterior's standard deviation in the same scaled space. Compiles once per input shape."""
   graphdef, state = nnx.split(vae)
 
   @jax.jit
   def encode(state, frames):
     model = nnx.merge(graphdef, state)
-    return encode_frames(model, frames).astype(jnp.float32)
+    mean = encode_frames(model, frames).astype(jnp.float32)
+    if not with_std:
+      return mean
+    std = model.config.scale_latents(model.encode(frames * 2 - 1).std)  # scaling is linear (no shift)
+    return mean, std.astype(jnp.float32)
 
-  return lambda frames: np.asarray(encode(state, jnp.asarray(frames, jnp.float32)))
+  def run(frames):
+    out = encode(state, jnp.asarray(frames, jnp.float32))
+    return tuple(np.asarray(x) for x in out) if with_std else np.asarray(out)
+
+  return run
 
 
 def encode_record(example: Mapping[str, np.ndarray], image_codec: str = "png") -> bytes:
   """One cached clip (with `latents`, the camera keys and `target_images` (V, H, W, 3) in [0, 1]) -> bytes."""
   arrays = {"latents": np.asarray(example["latents"], np.float32)}
+  if "latents_std" in example:
+    arrays["latents_std"] = np.asarray(example["latents_std"], np.float16)
   arrays.update({key: np.asarray(example[key]) for key in CAMERA_KEYS})
+  arrays.update({key: np.asarray(example[key]) for key in EXTRA_KEYS if key in example})
   images = [to_uint8(image) for image in np.asarray(example["target_images"])]
   if image_codec == "raw":
     arrays["target_images"] = np.stack(images)
@@ -114,7 +127,7 @@ def prepare_latents(dataset_spec: Mapping[str, Any] | Any, vae, out_dir: str | o
   if (source.spec.num_frames - 1) % temporal:
     raise WonderlandError(f"num_frames={source.spec.num_frames} must be 1 + k * {temporal} for this VAE")
 
-  encode = make_encoder(vae)
+  encode = make_encoder(vae, with_std=True)
   errors = getattr(source, "errors", None)
   skipped_before = errors.count if errors is not None else 0
   shapes: dict[str, list] = {}
@@ -124,9 +137,10 @@ def prepare_latents(dataset_spec: Mapping[str, Any] | Any, vae, out_dir: str | o
     clips = show_progress(clips, desc="encoding clips", total=num_clips) if progress else clips
     for batch in _batches(clips, batch_size):
       padded = batch + [batch[-1]] * (batch_size - len(batch))  # one compiled shape
-      latents = encode(np.stack([clip["frames"] for clip in padded]))
-      for clip, clip_latents in zip(batch, latents):
-        record = {key: clip[key] for key in CAMERA_KEYS + ("target_images",)} | {"latents": clip_latents}
+      latents, stds = encode(np.stack([clip["frames"] for clip in padded]))
+      for clip, clip_latents, clip_std in zip(batch, latents, stds):
+        record = {key: clip[key] for key in CAMERA_KEYS + ("target_images",)} | {"latents": clip_latents,
+                                                                                 "latents_std": clip_std}
         shapes = shapes or {key: [list(np.shape(value)), str(np.asarray(value).dtype)]
                             for key, value in record.items()}
         writer.write(encode_record(record, image_codec))
@@ -140,7 +154,7 @@ def prepare_latents(dataset_spec: Mapping[str, Any] | Any, vae, out_dir: str | o
       "shards": writer.shards,
       "image_codec": image_codec,
       "shapes": shapes,
-      "latents": {"kind": "posterior_mean", "scaling_factor": config.scaling_factor,
+      "latents": {"kind": "posterior_mean", "std": True, "scaling_factor": config.scaling_factor,
                   "invert_scale_latents": config.invert_scale_latents, "latent_channels": config.latent_channels,
                   "temporal_compression_ratio": config.temporal_compression_ratio},
       "clip_spec": dataclasses.asdict(source.spec),
