@@ -106,3 +106,35 @@ def test_errors(vae, cache, tmp_path):
   (tmp_path / "index.json").write_text(json.dumps(cache.index | {"shards": [{"file": "gone.array_record"}]}))
   with pytest.raises(InputFileError, match="shard file\\(s\\) missing: .*gone.array_record"):
     LatentCache(tmp_path)
+
+
+def test_posterior_samples_from_the_stored_std(vae, cache):
+  record = cache[0]
+  assert cache.has_std and not cache.holds_samples
+  scene_index = int(record["scene_index"])
+  clip = SyntheticDataset(SPEC, num_scenes=6, seed=2).clip(scene_index, clip_rng(4, scene_index, 0))
+  std = np.asarray(vae.encode(clip["frames"][None] * 2 - 1).std[0])
+  np.testing.assert_allclose(record["latents_std"], 0.7 * std, rtol=2e-3, atol=1e-4)  # scaled, float16
+  assert record["latents_std"].dtype == np.float16
+
+  def first_clips(posterior, count=10):
+    config = {"source": "latents", "root": str(cache.directory), "batch_size": 1, "shuffle": False,
+              "posterior": posterior}
+    iterator = make_train_iterator(config, process_index=0, process_count=1)
+    return [next(iterator) for _ in range(count)]  # two epochs of the 5 records
+
+  means, samples = first_clips("mean"), first_clips("sample")
+  assert "latents_std" not in means[0] and "latents_std" not in samples[0]
+  np.testing.assert_array_equal(means[0]["latents"][0], record["latents"])
+  noise = (samples[0]["latents"][0] - record["latents"]) / record["latents_std"].astype(np.float32)
+  assert abs(noise.mean()) < 0.3 and 0.7 < noise.std() < 1.3  # mean + std x standard normal noise
+  assert not np.allclose(samples[0]["latents"], samples[5]["latents"])  # a new sample each epoch
+  np.testing.assert_array_equal(samples[3]["latents"], first_clips("sample", 4)[3]["latents"])  # reproducible
+  np.testing.assert_array_equal(samples[0]["target_images"], means[0]["target_images"])
+
+  old = cache.index | {"latents": cache.index["latents"] | {"std": False}}
+  from wonderland_jax.data.pipeline import _LoadClip  # noqa: PLC0415
+  cache_without = LatentCache(cache.directory)
+  cache_without.index = old
+  with pytest.raises(WonderlandError, match="posterior='sample' needs the posterior's std"):
+    _LoadClip(cache_without, 0, 5, "sample")
