@@ -26,6 +26,7 @@ import numpy as np
 
 from wonderland_jax import convert, flags
 from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file
+from wonderland_jax.camera.sfm import POSES_HELP, PoseSource, pose_source_flag
 from wonderland_jax.convert.pipeline import COMPONENTS, convert_pipeline
 from wonderland_jax.demo import run_demo
 from wonderland_jax.diffusion.pipeline import VideoPipeline, resize_image
@@ -155,13 +156,14 @@ def _generate(args: argparse.Namespace) -> None:
   started = time.perf_counter()
   check_output_directory(args.out, args.overwrite)
   _check_trajectory(args.trajectory)
+  PoseSource.parse(args.poses).check()  # pycolmap installed / the COLMAP model readable, before loading
   models, image = _load_with_image(
       args, lambda: WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora,
                                       compute=compute.from_args(args)))
   seconds = {"loading": time.perf_counter() - started}
   cameras = _video_trajectory(args, image.shape[1], image.shape[0])
   gaussians, extras = generate_scene(models, image, cameras, args.prompt, **_sampling_options(args, len(cameras)),
-                                     decode_video=args.decode_video)
+                                     decode_video=args.decode_video, poses=args.poses)
   inputs = {key: value for key, value in vars(args).items()
             if key not in ("run", "argv", "overrides", "accepts_overrides", "command", "verbose")}
   names = save_generation(args.out, gaussians, extras, inputs=inputs, seconds=seconds | extras["seconds"],
@@ -317,6 +319,54 @@ def _prepare_latents(args: argparse.Namespace) -> None:
               "--config.data.encode_frames=False", len(cache), args.out, args.out)
 
 
+def _generate_latents(args: argparse.Namespace) -> None:
+  from wonderland_jax.data import generated  # noqa: PLC0415 (keeps the CLI light)
+  from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline  # noqa: PLC0415
+  process_index, process_count = _process_split(args)
+  if args.pack_only:
+    (Path(args.out) / generated.PACK_LOCK).unlink(missing_ok=True)
+    cache = generated.pack_generated(args.out)
+    print(f"wonderland generate-latents: packed {len(cache)} samples in {args.out}")
+    return
+  for flag in ("model", "branch", "images", "poses", "num"):
+    if getattr(args, flag) is None:
+      raise WonderlandError(f"--{flag} is required (unless --pack-only)")
+  generated.image_prompts(args.images), generated.pose_files(args.poses)  # bad folders: before loading models
+  pipe = CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora, compute=compute.from_args(args))
+  height, width = (args.size[1], args.size[0]) if args.size else pipe.default_size
+  settings = generated.GenerationSettings(
+      num_samples=args.num, num_frames=args.frames, height=height, width=width, num_target_views=args.target_views,
+      stride=generated.default_stride(args.stride), seed=args.seed, prompt=args.prompt,
+      negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+      model=str(Path(args.model).resolve()), branch=str(Path(args.branch).resolve()),
+      images=str(Path(args.images).resolve()), poses=str(Path(args.poses).resolve()), image_codec=args.image_codec)
+  cache = generated.generate_latents(pipe, settings, args.out, process_index=process_index,
+                                     process_count=process_count)
+  if cache is not None:
+    print(f"wonderland generate-latents: {len(cache)} samples in {args.out}; train the LaLRM on them with "
+          f"--config.data.source=latents --config.data.root={args.out} (or as one source of a mixture)")
+
+
+def _process_split(args: argparse.Namespace) -> tuple[int, int]:
+  """(index, count) of this process: the flags, else SLURM's task id / count, else (0, 1)."""
+  count = args.process_count or int(os.environ.get("SLURM_NTASKS", 1))
+  index = args.process_index if args.process_index is not None else int(os.environ.get("SLURM_PROCID", 0))
+  if not 0 <= index < count:
+    raise WonderlandError(f"--process-index {index} must be in [0, --process-count {count})")
+  return index, count
+
+
+def _stride(text: str) -> tuple[int, int]:
+  """--stride N or MIN,MAX."""
+  try:
+    values = tuple(int(v) for v in text.split(","))
+  except ValueError:
+    values = ()
+  if len(values) not in (1, 2) or min(values) < 1 or values[0] > values[-1]:
+    raise argparse.ArgumentTypeError(f"{text!r}: a stride N or a range MIN,MAX of positive integers")
+  return (values[0], values[-1])
+
+
 def _reconstruct(args: argparse.Namespace) -> None:
   from wonderland_jax.reconstruct import reconstruct_files  # noqa: PLC0415
   reconstruct_files(args.model, args.video, args.cameras, args.out, vae=args.vae, size=args.size,
@@ -411,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
   _add_camera_flags(scene)
   _add_sampling_flags(scene)
   scene.add_argument("--decode-video", action="store_true", help="also decode the latents to video.mp4")
+  scene.add_argument("--poses", type=pose_source_flag, default="conditioning",
+                     help="the cameras the LaLRM reconstructs with: " + POSES_HELP + " (default: %(default)s; sfm "
+                          "decodes the video, so video.mp4 is written)")
   scene.add_argument("--out", required=True, help="output directory (written whole or not at all)")
   scene.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out directory")
   scene.set_defaults(run=_generate)
@@ -513,6 +566,47 @@ def build_parser() -> argparse.ArgumentParser:
   latents.add_argument("--image-codec", choices=("png", "raw"), default="png", help="how target images are stored")
   latents.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
   latents.set_defaults(run=_prepare_latents, accepts_overrides=True)
+
+  made = commands.add_parser(
+      "generate-latents", help="a generated-latent dataset for LaLRM training (the paper's stage 2): the "
+                               "camera-guided model sampled on image prompts along camera paths cut from a posed "
+                               "dataset; writes a latent cache (latents, cameras, decoded frames as supervision, "
+                               "prompts, seeds); resumable, split over processes by sample index")
+  made.add_argument("--model", default=None, help="directory made by `wonderland convert cogvideox`")
+  made.add_argument("--branch", default=None, help="the camera branch (`<workdir>/model` of `wonderland train "
+                                                   "camera-dit`)")
+  made.add_argument("--images", default=None, help="folder of image prompts (PNG / JPEG; `<stem>.txt` beside an "
+                                                   "image is its text prompt); resized and centre-cropped to --size")
+  made.add_argument("--poses", default=None, help="RealEstate10K-layout folder (poses/*.txt) the camera paths are "
+                                                  "cut from")
+  made.add_argument("--num", type=flags.positive_int, default=None, help="samples in the dataset")
+  made.add_argument("--out", required=True, help="the dataset folder (a latent cache once every sample exists)")
+  made.add_argument("--frames", type=flags.positive_int, default=DEFAULT_VIDEO_FRAMES,
+                    help="video frames, 1 + 4k (default 49)")
+  made.add_argument("--size", type=flags.size, default=None, help="WIDTHxHEIGHT (default: the model's)")
+  made.add_argument("--stride", type=_stride, default=None,
+                    help="source-frame stride N or MIN,MAX of the camera paths (default: RealEstate10K's 3,5)")
+  made.add_argument("--target-views", type=flags.positive_int, default=8,
+                    help="decoded frames kept per sample as supervision views (the LaLRM config's "
+                         "num_target_seen + num_target_unseen; default 8)")
+  made.add_argument("--prompt", default="", help="text prompt of images without a .txt sidecar (default empty)")
+  made.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+  made.add_argument("--steps", type=flags.positive_int, default=50, help="sampling steps (default 50)")
+  made.add_argument("--guidance", type=flags.finite, default=6.0,
+                    help="classifier-free guidance scale (1 = off; default 6)")
+  made.add_argument("--seed", type=int, default=0, help="the dataset's seed: sample i draws from (seed, i) "
+                                                        "(default 0)")
+  made.add_argument("--image-codec", choices=("png", "raw"), default="png",
+                    help="how decoded frames are stored (default png)")
+  made.add_argument("--merge-lora", action="store_true", help="fold the branch's LoRA adapters into the base")
+  made.add_argument("--process-index", type=int, default=None,
+                    help="this process's share: samples i with i %% count == index (default: $SLURM_PROCID or 0)")
+  made.add_argument("--process-count", type=flags.positive_int, default=None,
+                    help="processes sharing the dataset (default: $SLURM_NTASKS or 1)")
+  made.add_argument("--pack-only", action="store_true",
+                    help="only pack the finished samples into the cache (after a run killed while packing)")
+  compute.add_flags(made)
+  made.set_defaults(run=_generate_latents)
 
   recon = commands.add_parser("reconstruct", help="a video and its cameras -> a 3D Gaussian scene (.ply) with a "
                                                   "trained LaLRM")
