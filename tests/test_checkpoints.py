@@ -3,9 +3,11 @@ errors of missing or mismatched checkpoints."""
 
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -13,7 +15,9 @@ from jax.sharding import PartitionSpec
 
 from tests.helpers import convert_toy as toy
 from wonderland_jax import checkpoints
+from wonderland_jax.camera import DEFAULT_SCALE_FLOOR
 from wonderland_jax.errors import InputFileError, OutputError, WonderlandError
+from wonderland_jax.train.config import load_config, pose_normalization, step_pose_normalization
 
 TOY_CONFIG = toy.config_from_source(toy.SOURCE_CONFIG)
 checkpoints.register_model("toy_test", toy.build)
@@ -217,3 +221,39 @@ def test_relative_paths(tmp_path, monkeypatch):
   kind, _, loaded = checkpoints.load_params("runs/relative")
   assert kind == "toy"
   np.testing.assert_array_equal(loaded["layer"]["kernel"], params["layer"]["kernel"])
+
+
+def test_pose_normalization_round_trip(tmp_path):
+  """A training config's pose normalisation (mode, target, floor) -> the export's metadata -> what inference
+  reads back; exports and configs from before the floor read back with the old behaviour."""
+  params = {"layer": {"kernel": np.zeros((2, 3), np.float32)}}
+  config = load_config("lalrm_tiny", ["--config.data.scale_mode=extent_floor", "--config.data.scale_floor=0.25",
+                                      "--config.data.scale_target=2.0"])
+  settings = pose_normalization(config)
+  assert settings == {"scale_mode": "extent_floor", "scale_target": 2.0, "scale_floor": 0.25}
+  assert step_pose_normalization(config) == settings | {"scale_floor": 2.0}  # the clips arrive normalised
+  metadata = {"trained_with": config.to_dict(), checkpoints.POSE_NORMALIZATION: settings}
+  checkpoints.save(tmp_path / "new", params, kind="toy", config={}, metadata=metadata)
+  assert checkpoints.pose_normalization(tmp_path / "new") == ("extent_floor", 2.0, 0.25)
+  # The default config: max_distance (the floor recorded, unread).
+  default = load_config("lalrm_tiny")
+  assert default.data.scale_floor == DEFAULT_SCALE_FLOOR
+  assert pose_normalization(default) == {"scale_mode": "max_distance", "scale_target": 1.0,
+                                         "scale_floor": DEFAULT_SCALE_FLOOR}
+  assert step_pose_normalization(default) == pose_normalization(default)
+  # A config from before the floor: the old settings and the default floor.
+  old_config = ml_collections.ConfigDict({"data": {"scale_mode": "path_length", "scale_target": 3.0}})
+  assert pose_normalization(old_config) == {"scale_mode": "path_length", "scale_target": 3.0,
+                                            "scale_floor": DEFAULT_SCALE_FLOOR}
+  # Exports from before the floor: `pose_normalization` without it, or only `trained_with.data`, or nothing.
+  old_exports = {"old": {checkpoints.POSE_NORMALIZATION: {"scale_mode": "max_distance", "scale_target": 1.0}},
+                 "older": {"trained_with": {"data": {"scale_mode": "path_length", "scale_target": 2.0}}},
+                 "oldest": None}
+  for name, old_metadata in old_exports.items():
+    checkpoints.save(tmp_path / name, params, kind="toy", config={}, metadata=old_metadata)
+  assert checkpoints.pose_normalization(tmp_path / "old") == ("max_distance", 1.0, DEFAULT_SCALE_FLOOR)
+  assert checkpoints.pose_normalization(tmp_path / "older") == ("path_length", 2.0, DEFAULT_SCALE_FLOOR)
+  assert checkpoints.pose_normalization(tmp_path / "oldest") == ("max_distance", 1.0, DEFAULT_SCALE_FLOOR)
+  weights = Path(checkpoints.__file__).parent / "demo" / "weights"  # exported before the floor existed
+  for model in ("lalrm", "branch"):
+    assert checkpoints.pose_normalization(weights / model) == ("max_distance", 1.0, DEFAULT_SCALE_FLOOR)

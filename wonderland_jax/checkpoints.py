@@ -36,6 +36,7 @@ from flax import nnx
 from flax.core import spmd
 from jax.sharding import NamedSharding, PartitionSpec
 
+from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.nn.abstract import abstract_build, cheap_tracer_errors
 from wonderland_jax.nn.partitioning import LogicalRules, default_sharding, param_sharding
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 MODEL_JSON = "wonderland_model.json"
 PARAMS_DIR = "params"
-POSE_NORMALIZATION = "pose_normalization"  # metadata key: {"scale_mode", "scale_target"}
+POSE_NORMALIZATION = "pose_normalization"  # metadata key: {"scale_mode", "scale_target", "scale_floor"}
 # kind -> module whose import registers it.
 KNOWN_KINDS: dict[str, str] = {"cogvideox_vae": "wonderland_jax.models.vae",
                                "cogvideox_transformer": "wonderland_jax.models.dit",
@@ -310,13 +311,16 @@ def read_description(directory: str | os.PathLike) -> tuple[str, dict, dict | No
   return kind, config, description.get("metadata")
 
 
-def pose_normalization(directory: str | os.PathLike) -> tuple[str, float]:
-  """(scale_mode, scale_target): the pose normalisation (`camera.normalize_poses`) the camera-conditioned model
-  in `directory` was trained with, from its metadata's `pose_normalization` (written by the training exports;
-  older exports: their `trained_with.data`); default ('max_distance', 1.0)."""
+def pose_normalization(directory: str | os.PathLike) -> tuple[str, float, float]:
+  """(scale_mode, scale_target, scale_floor): the pose normalisation (`camera.normalize_poses`) the
+  camera-conditioned model in `directory` was trained with, from its metadata's `pose_normalization` (written by
+  the training exports; older exports: their `trained_with.data`); each missing entry takes its default
+  ('max_distance', 1.0, `camera.DEFAULT_SCALE_FLOOR`): exports from before 'extent_floor' have no floor, and
+  their modes do not read it."""
   metadata = read_description(directory)[2] or {}
   settings = metadata.get(POSE_NORMALIZATION) or metadata.get("trained_with", {}).get("data", {})
-  return settings.get("scale_mode", "max_distance"), float(settings.get("scale_target", 1.0))
+  return (settings.get("scale_mode", "max_distance"), float(settings.get("scale_target", 1.0)),
+          float(settings.get("scale_floor", DEFAULT_SCALE_FLOOR)))
 
 
 def _stored_arrays(directory: Path) -> dict[tuple, Any]:

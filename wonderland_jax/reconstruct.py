@@ -4,7 +4,8 @@
 
 The frames are encoded by the VAE (posterior mean times its scaling factor: what the LaLRM trained on), the
 cameras are re-based on the first frame and scale-normalised exactly as the training clips were
-(`camera.normalize_poses` with the mode and target the model was trained with: `checkpoints.pose_normalization`),
+(`camera.normalize_poses` with the mode, target and floor the model was trained with:
+`checkpoints.pose_normalization`),
 and the Gaussians are returned in the first camera's frame, in the *input's* units (the normalisation undone:
 means and scales divided by the pose scale), so they line up with the given cameras re-based on the first.
 `reconstruct_latents` starts from latents instead (a video model's samples: no decoding and re-encoding).
@@ -23,7 +24,7 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.camera.poses import normalize_poses
+from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR, normalize_poses, renormalization
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import read_image
 from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig, predict
@@ -98,26 +99,30 @@ def _encode(vae, frames):
   return encode_frames(vae, frames)
 
 
-@nnx.jit(static_argnames=("height", "width", "scale_mode", "scale_target"))
-def _predict(lalrm, latents, viewmats, intrinsics, height, width, scale_mode, scale_target):
+@nnx.jit(static_argnames=("height", "width", "scale_mode", "scale_target", "scale_floor"))
+def _predict(lalrm, latents, viewmats, intrinsics, height, width, scale_mode, scale_target, scale_floor):
   return predict(lalrm, latents, viewmats, intrinsics, height, width, scale_mode=scale_mode,
-                 scale_target=scale_target)[1]
+                 scale_target=scale_target, scale_floor=scale_floor)[1]
 
 
 def reconstruct_latents(lalrm: LaLRM, latents: jax.Array, cameras: Camera, *, scale_mode: str = "max_distance",
-                        scale_target: float = 1.0) -> tuple[Gaussians, Camera, float]:
+                        scale_target: float = 1.0,
+                        scale_floor: float = DEFAULT_SCALE_FLOOR) -> tuple[Gaussians, Camera, float]:
   """Scaled video latents (1, t, h, w, C) (posterior mean x the VAE's scaling factor, or what a video model
   samples) with one camera per video frame (F = 1 + 4 (t - 1); any resolution, same field of view) ->
   (Gaussians, the cameras re-based on the first frame at the video size (8h, 8w for an 8x VAE), in the input's
   units, the pose scale: normalised = input units x scale). The LaLRM sees the cameras normalised as in its
-  training (`normalize_poses(viewmats, F, scale_mode, scale_target)`)."""
+  training (`normalize_poses(viewmats, F, scale_mode, scale_target, scale_floor)`; `predict` then gets
+  `camera.renormalization` of the settings, a no-op on those normalised cameras)."""
   config = lalrm.config
   check_latents(config, latents.shape, len(cameras))
   height, width = (config.spatial_compression * size for size in latents.shape[2:4])
   cameras = cameras.resized(width, height)
-  viewmats, scale = normalize_poses(np.asarray(cameras.viewmat), len(cameras), scale_mode, scale_target)
+  viewmats, scale = normalize_poses(np.asarray(cameras.viewmat), len(cameras), scale_mode, scale_target,
+                                    scale_floor)
+  settings = renormalization(scale_mode, float(scale_target), float(scale_floor))
   gaussians = _predict(lalrm, jnp.asarray(latents), jnp.asarray(viewmats, jnp.float32)[None],
-                       jnp.asarray(cameras.K)[None], height, width, scale_mode, float(scale_target))
+                       jnp.asarray(cameras.K)[None], height, width, **settings)
   gaussians = jax.tree.map(lambda x: x[0], gaussians)
   unscaled = viewmats.copy()
   unscaled[:, :3, 3] /= scale
@@ -126,7 +131,7 @@ def reconstruct_latents(lalrm: LaLRM, latents: jax.Array, cameras: Camera, *, sc
 
 
 def reconstruct(lalrm: LaLRM, vae, frames: np.ndarray, cameras: Camera, *, scale_mode: str = "max_distance",
-                scale_target: float = 1.0) -> tuple[Gaussians, Camera]:
+                scale_target: float = 1.0, scale_floor: float = DEFAULT_SCALE_FLOOR) -> tuple[Gaussians, Camera]:
   """frames (F, H, W, 3) in [0, 1] with F cameras (any resolution, same field of view) -> (Gaussians, the
   cameras re-based on the first frame, in the input's units). F must be 1 + 4k and H, W multiples of the
   LaLRM's token stride. The frames are encoded by `vae`, then `reconstruct_latents`."""
@@ -142,7 +147,7 @@ def reconstruct(lalrm: LaLRM, vae, frames: np.ndarray, cameras: Camera, *, scale
     raise WonderlandError(f"frames of {width}x{height}: width and height must be multiples of {stride}")
   latents = _encode(vae, jnp.asarray(frames)[None])
   gaussians, cameras, _ = reconstruct_latents(lalrm, latents, cameras, scale_mode=scale_mode,
-                                              scale_target=scale_target)
+                                              scale_target=scale_target, scale_floor=scale_floor)
   return gaussians, cameras
 
 
@@ -178,9 +183,9 @@ def reconstruct_files(model: str | os.PathLike, video: str | os.PathLike, camera
     if len(poses) != len(frames):
       raise WonderlandError(f"--cameras {cameras} has {len(poses)} poses but --video {video} has "
                             f"{len(frames)} frames")
-    scale_mode, scale_target = checkpoints.pose_normalization(model)
+    scale_mode, scale_target, scale_floor = checkpoints.pose_normalization(model)
     gaussians, rebased = reconstruct(lalrm, vae_model, frames, poses.cameras, scale_mode=scale_mode,
-                                     scale_target=scale_target)
+                                     scale_target=scale_target, scale_floor=scale_floor)
     save_ply(ply, gaussians)
     if video_out is not None:
       write_video(video_out, list(render_frames(gaussians, rebased, desc="rendering the input path")), fps=fps)

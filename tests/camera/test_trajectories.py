@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
 from wonderland_jax.camera import (
   PRESETS,
+  Camera,
+  conditioning_rays,
   dolly,
   look_at,
   make_trajectory,
+  normalize_poses,
   normalize_trajectory_scale,
   orbit,
   pan,
   rebase_to_first,
+  renormalization,
   spiral,
   zoom_out,
 )
@@ -198,3 +204,90 @@ def test_normalize_degenerate_trajectory_unchanged():
     normalized = normalize_trajectory_scale(c2w, mode=mode)
     assert np.all(np.isfinite(normalized))
     np.testing.assert_array_equal(normalized, c2w)
+
+
+def _jittered_rotation(num: int, baseline: float, seed: int = 0) -> np.ndarray:
+  """(num, 4, 4) float64 viewmats: a 40 degree pan from START whose camera centres wander `baseline` (0: a pure
+  rotation, exact in float64)."""
+  c2w = np.tile(START, (num, 1, 1))
+  c2w[:, :3, :3] = START[:3, :3] @ Rotation.from_euler("y", np.linspace(0, 40, num)[:, None], degrees=True).as_matrix()
+  c2w[1:, :3, 3] += baseline * np.random.default_rng(seed).uniform(-1, 1, size=(num - 1, 3))
+  return np.linalg.inv(c2w)
+
+
+def _extent(viewmats: np.ndarray) -> float:
+  centres = np.linalg.inv(viewmats)[:, :3, 3]
+  return float(np.linalg.norm(centres - centres[0], axis=-1).max())
+
+
+@pytest.mark.parametrize("baseline", [0.0, 1e-12, 1e-4, 0.01])
+def test_extent_floor_bounds_the_scale_of_near_pure_rotations(baseline):
+  viewmats = _jittered_rotation(7, baseline)
+  floor, target = 0.05, 2.0
+  normalized, scale = normalize_poses(viewmats, None, "extent_floor", target, floor)
+  assert scale == target / floor  # exactly, finite, not ~target / baseline
+  assert np.all(np.isfinite(normalized))
+  np.testing.assert_allclose(_extent(normalized), target / floor * _extent(viewmats), rtol=1e-6, atol=1e-12)
+  assert _extent(normalized) < target
+  np.testing.assert_allclose(normalized[:, :3, :3], normalize_poses(viewmats, None, "none")[0][:, :3, :3],
+                             atol=1e-12)  # rotations untouched
+  # max_distance: unscaled at zero size (below float64 round-off), else the tiny baseline is blown up to the
+  # target (a pure rotation read in float32 is too: its round-off, ~1e-7, is above the tolerance).
+  _, blown_up = normalize_poses(viewmats, None, "max_distance", target)
+  if baseline <= 1e-12:
+    assert blown_up == 1.0
+  else:
+    assert blown_up == pytest.approx(target / _extent(viewmats)) and blown_up >= target / (2 * baseline)
+
+
+def test_extent_floor_above_the_floor_is_max_distance():
+  viewmats = np.linalg.inv(random_trajectory(6, seed=5))
+  assert _extent(viewmats[:4]) > 0.5
+  for floor in (0.01, 0.5):
+    normalized, scale = normalize_poses(viewmats, 4, "extent_floor", 1.5, floor)
+    expected, expected_scale = normalize_poses(viewmats, 4, "max_distance", 1.5)
+    assert scale == expected_scale
+    np.testing.assert_array_equal(normalized, expected)
+  np.testing.assert_array_equal(normalize_trajectory_scale(random_trajectory(6, seed=5), 1.5, "extent_floor"),
+                                normalize_trajectory_scale(random_trajectory(6, seed=5), 1.5, "max_distance"))
+
+
+def test_extent_floor_in_jax_matches_numpy():
+  viewmats = _jittered_rotation(5, 1e-4)
+  normalize = jax.jit(lambda v: normalize_poses(v, None, "extent_floor", 1.0, 0.1))
+  normalized, scale = normalize(jnp.asarray(viewmats, jnp.float32))
+  assert normalized.dtype == jnp.float32 and float(scale) == pytest.approx(10.0)
+  np.testing.assert_allclose(np.asarray(normalized), normalize_poses(viewmats, None, "extent_floor", 1.0, 0.1)[0],
+                             atol=1e-5)
+
+
+def test_extent_floor_errors():
+  viewmats = _jittered_rotation(3, 1e-4)
+  for floor in (0.0, -1.0, float("inf"), float("nan")):
+    with pytest.raises(WonderlandError, match="positive finite floor"):
+      normalize_poses(viewmats, None, "extent_floor", 1.0, floor)
+  normalize_poses(viewmats, None, "max_distance", 1.0, 0.0)  # the other modes do not read it
+
+
+@pytest.mark.parametrize("baseline", [0.0, 1e-4, 0.03, 3.0])
+def test_renormalization_leaves_normalized_poses_unchanged(baseline):
+  """The training steps' view (clips normalised by the data pipeline, then re-normalised with
+  `renormalization`) equals the inference view (the raw cameras normalised once)."""
+  viewmats = _jittered_rotation(5, baseline)
+  settings = dict(scale_mode="extent_floor", scale_target=1.0, scale_floor=0.1)
+  again = renormalization(**settings)
+  assert again == dict(settings, scale_floor=1.0)
+  for mode in ("max_distance", "path_length", "none"):
+    assert renormalization(mode, 2.0, 0.1) == dict(scale_mode=mode, scale_target=2.0, scale_floor=0.1)
+  normalized, _ = normalize_poses(viewmats, None, "extent_floor", 1.0, 0.1)
+  renormalized, scale = normalize_poses(normalized, None, again["scale_mode"], again["scale_target"],
+                                        again["scale_floor"])
+  assert scale == pytest.approx(1.0, abs=1e-12)
+  np.testing.assert_allclose(renormalized, normalized, atol=1e-12)
+  if 0 < baseline < 0.1:  # why it is needed: the plain settings would scale a short clip up again
+    assert normalize_poses(normalized, None, "extent_floor", 1.0, 0.1)[1] > 2.0
+  K = np.broadcast_to(K_EXAMPLE, (5, 3, 3))
+  raw = Camera.from_viewmat(jnp.asarray(viewmats, jnp.float32), K, 64, 36)
+  clip = Camera.from_viewmat(jnp.asarray(normalized, jnp.float32), K, 64, 36)
+  np.testing.assert_allclose(np.asarray(conditioning_rays(clip, 12, 16, **again)),
+                             np.asarray(conditioning_rays(raw, 12, 16, **settings)), atol=1e-5)

@@ -6,11 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from tests.helpers.data import HEIGHT, SPEC, WIDTH
 from wonderland_jax.camera import normalize_poses
 from wonderland_jax.data import ClipSource, ClipSpec, crop_transform, resize_and_crop, sample_indices, scan_dataset
+from wonderland_jax.data.pipeline import make_clip_source
 from wonderland_jax.errors import InputFileError, WonderlandError
 
 
@@ -146,3 +148,72 @@ def test_clip_spec_validation():
     ClipSpec(stride=(3, 2)).validate()
   with pytest.raises(WonderlandError, match="scale_mode must be one of"):
     ClipSpec(scale_mode="bbox").validate()
+  for floor in (0.0, -0.1, float("nan")):
+    with pytest.raises(WonderlandError, match="scale_floor must be positive"):
+      ClipSpec(scale_mode="extent_floor", scale_floor=floor).validate()
+
+
+
+def _write_re10k_rotation(root, name: str, baseline: float, num: int = 24, seed: int = 0) -> None:
+  """root/poses/<name>.txt, a RealEstate10K pose file of a 60 degree pan whose camera centres stay within
+  `baseline` of (2, -1, 5) (0: a pure rotation), and root/frames/<name>/<timestamp>.png."""
+  rng = np.random.default_rng(seed)
+  yaw = np.deg2rad(np.linspace(0.0, 60.0, num))
+  rotations = Rotation.from_euler("y", yaw[:, None]).as_matrix()  # camera -> world
+  centres = np.array([2.0, -1.0, 5.0]) + baseline * rng.uniform(-1, 1, size=(num, 3))
+  timestamps = np.rint(np.arange(num) * 1e6 / 30).astype(np.int64)
+  lines = [f"https://www.youtube.com/watch?v={name}"]
+  for timestamp, rotation, centre in zip(timestamps, rotations, centres):
+    world_to_camera = np.concatenate([rotation.T, -(rotation.T @ centre)[:, None]], axis=1)
+    values = [0.5, 0.75, 0.5, 0.5, 0.0, 0.0, *world_to_camera.reshape(-1)]
+    lines.append(" ".join([str(timestamp)] + [f"{value:.9g}" for value in values]))
+  (root / "poses").mkdir(parents=True, exist_ok=True)
+  (root / "poses" / f"{name}.txt").write_text("\n".join(lines) + "\n")
+  frames = root / "frames" / name
+  frames.mkdir(parents=True)
+  for timestamp in timestamps:
+    Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(frames / f"{timestamp}.png")
+
+
+def _centres(viewmats: np.ndarray) -> np.ndarray:
+  return np.linalg.inv(np.asarray(viewmats, np.float64))[:, :3, 3]
+
+
+def test_extent_floor_on_realestate10k_near_zero_baselines(tmp_path):
+  """A RealEstate10K clip that is nearly a pure rotation (1e-4 jitter, or none) through the data path:
+  'max_distance' blows its translations up by ~1 / baseline; 'extent_floor' keeps them bounded."""
+  root = tmp_path / "re10k"
+  _write_re10k_rotation(root, "jitter", 1e-4)
+  _write_re10k_rotation(root, "rotation", 0.0, seed=1)
+  data = dict(source="scenes", format="realestate10k", root=str(root), num_frames=9, height=HEIGHT, width=WIDTH,
+              stride=(1, 2), num_target_seen=2, num_target_unseen=2)
+  floored = make_clip_source(data | dict(scale_mode="extent_floor", scale_target=1.0, scale_floor=0.05))
+  assert floored.spec.scale_mode == "extent_floor" and floored.spec.scale_floor == 0.05
+  scenes = scan_dataset(root, "realestate10k").scenes
+  plain = ClipSource(scenes, dataclasses.replace(floored.spec, scale_mode="max_distance"), seed=0)
+  names = [scene.name for scene in scenes]
+  jitter = names.index("jitter")
+  clip = floored.clip(jitter, np.random.default_rng(4))
+  blown = plain.clip(jitter, np.random.default_rng(4))
+  np.testing.assert_array_equal(clip["frame_indices"], blown["frame_indices"])
+  raw = scenes[jitter].load().viewmats[clip["frame_indices"]]
+  extent = np.linalg.norm(_centres(raw) - _centres(raw)[0], axis=-1).max()
+  assert 1e-5 < extent < 2e-4
+  # extent_floor: scale target / floor exactly, every camera (targets too) within 20 x 2e-4 of the first.
+  assert clip["pose_scale"] == np.float32(1.0 / 0.05)
+  for key in ("viewmats", "target_viewmats"):
+    assert np.all(np.isfinite(clip[key]))
+    assert np.abs(_centres(clip[key])).max() < 20 * 4e-4
+  # max_distance: the same clip blown up to distance 1, a factor ~1 / baseline.
+  assert blown["pose_scale"] == pytest.approx(1.0 / extent, rel=1e-4) and blown["pose_scale"] > 5e3
+  assert np.linalg.norm(_centres(blown["viewmats"]), axis=-1).max() == pytest.approx(1.0, rel=1e-4)
+  # Same rotations; translations in the ratio of the scales.
+  np.testing.assert_allclose(clip["viewmats"][:, :3, :3], blown["viewmats"][:, :3, :3], atol=1e-6)
+  np.testing.assert_allclose(_centres(clip["viewmats"]) * blown["pose_scale"] / clip["pose_scale"],
+                             _centres(blown["viewmats"]), atol=1e-3)
+  # A pure rotation (the file's 9 digits leave ~1e-9 of round-off in the centres): bounded, scale target / floor.
+  rotation = floored.clip(names.index("rotation"), np.random.default_rng(4))
+  assert rotation["pose_scale"] == np.float32(20.0)
+  assert np.abs(_centres(rotation["target_viewmats"])).max() < 1e-5
+  # max_distance treats that round-off (above its 1e-9 tolerance) as motion and scales it to distance 1.
+  assert plain.clip(names.index("rotation"), np.random.default_rng(4))["pose_scale"] > 1e5

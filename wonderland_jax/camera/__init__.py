@@ -13,12 +13,14 @@ from wonderland_jax.camera.io import (
   write_realestate10k,
 )
 from wonderland_jax.camera.poses import (
+  DEFAULT_SCALE_FLOOR,
   SCALE_MODES,
   conditioning_rays,
   mirror_left_right,
   normalize_poses,
   normalize_trajectory_scale,
   rebase_to_first,
+  renormalization,
 )
 from wonderland_jax.camera.rays import pixel_centers, plucker_rays, ray_bundle, relative_to_first
 from wonderland_jax.camera.trajectories import (

@@ -3,16 +3,34 @@ training clips (`data/clips`), the training steps (`train/`), sampling (`diffusi
 evaluation share, so training and inference cannot drift apart.
 
 Re-basing expresses every camera in the first camera's frame (its c2w becomes the identity). Scale
-normalisation then scales the world uniformly about that origin so that the trajectory's size, measured over
-the first `num_reference` cameras (all by default), becomes `target`:
+normalisation then scales the world uniformly about that origin by a factor s (translations x s), computed from
+the trajectory's size over the first `num_reference` cameras (all by default), its *extent* e being the largest
+distance of a camera centre from camera 0's centre:
 
-  'max_distance'  the largest distance of a camera centre from camera 0's centre (the default);
-  'path_length'   the summed distance between consecutive camera centres;
-  'none'          unscaled (the dataset's units).
+  'max_distance'  s = target / e: the farthest camera ends at distance `target` (the default, what every
+                  checkpoint trained before 'extent_floor' existed used);
+  'path_length'   s = target / L, L the summed distance between consecutive camera centres;
+  'extent_floor'  s = target / max(e, floor), `floor` (`scale_floor`, in the dataset's units, default
+                  DEFAULT_SCALE_FLOOR) a lower bound on the extent: a path at least `floor` long is normalised
+                  exactly as by 'max_distance'; a shorter one (a pure rotation, a 1 cm baseline) is scaled by
+                  target / floor, not blown up to `target`, so the scene's depth stays in the range the LaLRM
+                  predicts (`LaLRMConfig.near` .. `far`);
+  'none'          s = 1 (the dataset's units).
 
-A trajectory of size ~0 (a static camera, a pure rotation: below 16 float eps of its coordinates, at least
-1e-9) is left unscaled (scale 1). Both steps are idempotent: normalised poses normalise to themselves, which is
-why a training step may call `conditioning_rays` on clips the data pipeline has already normalised.
+'max_distance' and 'path_length' at zero size (a static camera, a pure rotation: below 16 float eps of the
+re-based coordinates, at least 1e-9) leave the trajectory unscaled (s = 1: never a division by ~0, never inf or
+NaN). Above that tolerance they divide by the size however small: a 1e-4 baseline is scaled 1e4 x, and the
+round-off of a pure rotation read from a pose file (9 digits: ~1e-9 x the centres' distance from the world
+origin) or computed in float32 (~1e-7 x) is taken for motion and scaled to `target` (s ~ 1e6): finite, but the
+scene's depth goes far outside the LaLRM's range. That is what 'extent_floor' is for; how to choose its floor:
+docs/lalrm.md, "Pose normalisation".
+
+Re-basing, and scaling with 'max_distance', 'path_length' or 'none', are idempotent: normalised poses normalise
+to themselves, which is why a training step may call `conditioning_rays` on clips the data pipeline has already
+normalised. 'extent_floor' is not (a path shorter than the floor comes out shorter than `target` and would be
+scaled up again): poses already normalised with it are re-normalised with `renormalization(...)`, the same mode
+with the floor set to the target, which leaves them as they are. Code that may see normalised poses (the
+training steps, `models.lalrm.predict`) passes those settings.
 
 Every function takes numpy arrays (host side; float64 stays float64) or jax arrays (then it traces inside
 `jit` / `vmap`), with the same arithmetic for both.
@@ -28,7 +46,8 @@ from wonderland_jax.camera.camera import Camera, rigid_inverse
 from wonderland_jax.camera.rays import plucker_rays
 from wonderland_jax.errors import WonderlandError
 
-SCALE_MODES = ("max_distance", "path_length", "none")
+SCALE_MODES = ("max_distance", "path_length", "extent_floor", "none")
+DEFAULT_SCALE_FLOOR = 0.1  # 'extent_floor': the smallest extent scaled to the target, in the dataset's units
 
 
 def as_pose_array(c2w, name: str, batched: bool = True) -> np.ndarray:
@@ -69,15 +88,23 @@ def mirror_left_right(c2w) -> np.ndarray:
   return first @ (flip @ local @ flip)
 
 
-def trajectory_scale(c2w, mode: str = "max_distance", target: float = 1.0, num_reference: int | None = None):
+def trajectory_scale(c2w, mode: str = "max_distance", target: float = 1.0, num_reference: int | None = None, *,
+                     floor: float = DEFAULT_SCALE_FLOOR):
   """The factor `normalize_trajectory_scale` multiplies translations by (module docstring): a Python float for
-  numpy input, a scalar jax array for jax input."""
+  numpy input, a scalar jax array for jax input. `floor` (a positive Python float, the dataset's units) is read
+  by 'extent_floor' only."""
   xp = jnp if isinstance(c2w, jax.Array) else np
   if mode not in SCALE_MODES:
     raise WonderlandError(f"pose normalisation: unknown mode {mode!r}; valid: {', '.join(SCALE_MODES)}")
   if mode == "none":
     return 1.0 if xp is np else jnp.ones((), c2w.dtype)
   positions = c2w[:num_reference, :3, 3]
+  if mode == "extent_floor":
+    if isinstance(floor, (int, float)) and not (np.isfinite(floor) and floor > 0):
+      raise WonderlandError(f"pose normalisation: 'extent_floor' needs a positive finite floor, got {floor}")
+    extent = xp.max(xp.linalg.norm(positions - positions[0], axis=-1))
+    scale = target / xp.maximum(extent, floor)
+    return float(scale) if xp is np else scale.astype(c2w.dtype)
   if mode == "max_distance":
     size = xp.max(xp.linalg.norm(positions - positions[0], axis=-1))
   else:
@@ -85,6 +112,15 @@ def trajectory_scale(c2w, mode: str = "max_distance", target: float = 1.0, num_r
   tolerance = xp.maximum(1e-9, 16 * np.finfo(c2w.dtype).eps * xp.maximum(1.0, xp.max(xp.abs(positions))))
   scale = xp.where(size > tolerance, target / xp.where(size > tolerance, size, 1.0), 1.0)
   return float(scale) if xp is np else scale.astype(c2w.dtype)
+
+
+def renormalization(scale_mode: str = "max_distance", scale_target: float = 1.0,
+                    scale_floor: float = DEFAULT_SCALE_FLOOR) -> dict:
+  """{'scale_mode', 'scale_target', 'scale_floor'} that normalise poses *already normalised* with these settings
+  to themselves (module docstring): the same settings, except that an 'extent_floor' floor becomes the target
+  (the normalised extent is at most the target, so target / max(extent, target) = 1)."""
+  floor = scale_target if scale_mode == "extent_floor" else scale_floor
+  return {"scale_mode": scale_mode, "scale_target": scale_target, "scale_floor": floor}
 
 
 def _scaled(c2w, scale):
@@ -95,7 +131,8 @@ def _scaled(c2w, scale):
   return scaled
 
 
-def normalize_trajectory_scale(c2w, target: float = 1.0, mode: str = "max_distance"):
+def normalize_trajectory_scale(c2w, target: float = 1.0, mode: str = "max_distance", *,
+                               floor: float = DEFAULT_SCALE_FLOOR):
   """Uniformly rescales a trajectory's translations so its size is `target` (rotations unchanged).
 
   The world is scaled about its origin (positions p_i -> s * p_i), exactly as if the scene had been
@@ -106,29 +143,31 @@ def normalize_trajectory_scale(c2w, target: float = 1.0, mode: str = "max_distan
     c2w: (F, 4, 4) camera->world matrices.
     target: the size the trajectory gets.
     mode: one of SCALE_MODES (module docstring), measured over all F cameras.
+    floor: 'extent_floor' only: the smallest extent scaled to `target` (input units).
 
   Returns:
     (F, 4, 4) rescaled c2w, same float dtype. A degenerate trajectory (all centres at one place, up to
-    float round-off) is returned unchanged.
+    float round-off) is returned unchanged, except by 'extent_floor' (translations x target / floor).
   """
   c2w = _poses(c2w, "c2w")
-  return _scaled(c2w, trajectory_scale(c2w, mode, target))
+  return _scaled(c2w, trajectory_scale(c2w, mode, target, floor=floor))
 
 
 def normalize_poses(viewmats, num_reference: int | None = None, mode: str = "max_distance",
-                    target: float = 1.0):
+                    target: float = 1.0, floor: float = DEFAULT_SCALE_FLOOR):
   """Re-bases world->camera matrices (n, 4, 4) on camera 0 and rescales them (module docstring).
 
-  The size is measured on the first `num_reference` cameras (all when None). numpy input is computed in
-  float64 and returns ((n, 4, 4) float64 viewmats with viewmats[0] = identity, the scale as a float); jax input
-  keeps its dtype and returns a scalar array. The scale multiplies translations (1.0 for 'none' or a static
-  camera): normalised = input units x scale.
+  The size is measured on the first `num_reference` cameras (all when None); `floor` is 'extent_floor''s, in
+  the input's units. numpy input is computed in float64 and returns ((n, 4, 4) float64 viewmats with
+  viewmats[0] = identity, the scale as a float); jax input keeps its dtype and returns a scalar array. The scale
+  multiplies translations (1.0 for 'none' or a static camera but target / floor for 'extent_floor' there):
+  normalised = input units x scale.
   """
   if isinstance(viewmats, jax.Array):
     c2w = rebase_to_first(jnp.linalg.inv(viewmats))
   else:
     c2w = rebase_to_first(np.linalg.inv(np.asarray(viewmats, np.float64)))
-  scale = trajectory_scale(c2w, mode, target, num_reference)
+  scale = trajectory_scale(c2w, mode, target, num_reference, floor=floor)
   if isinstance(viewmats, jax.Array):
     result = jnp.linalg.inv(_scaled(c2w, scale)).at[0].set(jnp.eye(4, dtype=viewmats.dtype))
   else:
@@ -138,14 +177,16 @@ def normalize_poses(viewmats, num_reference: int | None = None, mode: str = "max
 
 
 def conditioning_rays(cameras: Camera, height: int | None = None, width: int | None = None, *,
-                      scale_mode: str = "max_distance", scale_target: float = 1.0) -> jax.Array:
+                      scale_mode: str = "max_distance", scale_target: float = 1.0,
+                      scale_floor: float = DEFAULT_SCALE_FLOOR) -> jax.Array:
   """F cameras (any world frame and units, OpenCV) -> the (F, height, width, 6) Plücker rays a camera-conditioned
   model reads: re-based on camera 0, scale-normalised over all F cameras (`normalize_poses(viewmats, F,
-  scale_mode, scale_target)`, the settings the model trained with) and embedded at (height, width) (default the
-  cameras' size; intrinsics scaled to it). Traceable: training steps call it on a batch under `vmap`."""
+  scale_mode, scale_target, scale_floor)`, the settings the model trained with; cameras normalised already take
+  `renormalization` of them) and embedded at (height, width) (default the cameras' size; intrinsics scaled to
+  it). Traceable: training steps call it on a batch under `vmap`."""
   if len(cameras.batch_shape) != 1:
     raise WonderlandError(f"expected a 1-D batch of cameras (F,), got batch shape {cameras.batch_shape}")
   viewmats = jnp.asarray(cameras.viewmat, jnp.float32)
-  normalized, _ = normalize_poses(viewmats, None, scale_mode, scale_target)
+  normalized, _ = normalize_poses(viewmats, None, scale_mode, scale_target, scale_floor)
   return plucker_rays(Camera(normalized, jnp.asarray(cameras.K, jnp.float32), cameras.width, cameras.height),
                       height, width)

@@ -24,7 +24,8 @@ An example ("clip") is a dict of numpy arrays (a batch adds a leading B axis to 
 
 Normalisation (`camera.normalize_poses`): re-based on the first frame, then scaled so that the clip camera
 farthest from the first one is at distance 1 ('max_distance', the default scale_mode; the targets get the same
-factor). Records of a latent cache (`LatentCache`) have `latents` (T, H/8, W/8, C) float32 — the VAE posterior
+factor; 'extent_floor' caps the factor at scale_target / scale_floor for clips that barely move: docs/lalrm.md).
+Records of a latent cache (`LatentCache`) have `latents` (T, H/8, W/8, C) float32 — the VAE posterior
 mean times the VAE's scaling_factor, T = 1 + (F - 1) / 4 — instead of `frames`; every other key is the same
 (target images quantised to 8 bits).
 """

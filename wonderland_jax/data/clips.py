@@ -8,8 +8,10 @@ up to `outside_margin` x the clip's span before its first and after its last fra
 
 Poses: everything is re-based on the clip's first frame (its camera becomes the world frame: viewmats[0] is
 the identity) and scaled uniformly so that the farthest clip camera is `scale_target` from the first one
-('max_distance'; or 'path_length'; 'none' keeps the dataset's units): `camera.normalize_poses`, the one
-normalisation that training steps and inference apply too.
+('max_distance'; or 'path_length'; 'extent_floor': the same, but a clip whose cameras move less than
+`scale_floor` (dataset units) is scaled by scale_target / scale_floor instead, so a near pure rotation is not
+blown up; 'none' keeps the dataset's units): `camera.normalize_poses`, the one normalisation that training steps
+and inference apply too.
 The scale comes from the seen frames only (the model's input), and the same factor applies to the targets.
 The factor itself is returned as `pose_scale` (new translation = pose_scale * old).
 
@@ -28,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from wonderland_jax.camera.poses import SCALE_MODES, normalize_poses
+from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR, SCALE_MODES, normalize_poses
 from wonderland_jax.data.scenes import DataErrors, Scene, SceneRef
 from wonderland_jax.errors import InputFileError, WonderlandError
 
@@ -57,7 +59,8 @@ class ClipSpec:
     the largest stride use the largest that fits.
   num_target_seen, num_target_unseen: the V = seen + unseen supervision views.
   outside_margin: unseen views may lie up to this fraction of the clip's span outside it (0: only inside).
-  scale_mode, scale_target: pose normalisation (SCALE_MODES).
+  scale_mode, scale_target, scale_floor: pose normalisation (`camera.poses`: SCALE_MODES; the floor, in the
+    dataset's units, is read by 'extent_floor' only).
   """
 
   num_frames: int = 49
@@ -69,6 +72,7 @@ class ClipSpec:
   outside_margin: float = 0.5
   scale_mode: str = "max_distance"
   scale_target: float = 1.0
+  scale_floor: float = DEFAULT_SCALE_FLOOR
 
   @property
   def num_targets(self) -> int:
@@ -95,6 +99,8 @@ class ClipSpec:
       raise WonderlandError(f"clip spec: scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
     if not self.scale_target > 0:
       raise WonderlandError(f"clip spec: scale_target must be positive, got {self.scale_target}")
+    if not (np.isfinite(self.scale_floor) and self.scale_floor > 0):
+      raise WonderlandError(f"clip spec: scale_floor must be positive and finite, got {self.scale_floor}")
     return self
 
 
@@ -197,7 +203,8 @@ def make_clip(scene: Scene, indices: ClipIndices, spec: ClipSpec) -> dict[str, n
   """Loads and assembles the clip `indices` of `scene` (keys in `wonderland_jax.data`)."""
   load = indices.load_order
   images, intrinsics = resize_and_crop(scene.load_frames(load), scene.intrinsics[load], spec.height, spec.width)
-  viewmats, scale = normalize_poses(scene.viewmats[load], spec.num_frames, spec.scale_mode, spec.scale_target)
+  viewmats, scale = normalize_poses(scene.viewmats[load], spec.num_frames, spec.scale_mode, spec.scale_target,
+                                    spec.scale_floor)
   num_frames, slots = spec.num_frames, indices.target_slots
   return {
     "frames": images[:num_frames],

@@ -49,6 +49,7 @@ import grain
 import jax
 import numpy as np
 
+from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR
 from wonderland_jax.data.clips import ClipSource, ClipSpec, clip_rng
 from wonderland_jax.data.latent_cache import EXTRA_KEYS, LatentCache
 from wonderland_jax.data.scenes import FORMATS, DataErrors, scan_dataset
@@ -86,8 +87,9 @@ DATA_DEFAULTS: dict[str, Any] = {
   "num_target_seen": 2,        # clip: supervision views from the clip
   "num_target_unseen": 2,      # clip: supervision views not in the clip
   "outside_margin": 0.5,       # clip: how far outside the clip unseen views may lie (fraction of its span)
-  "scale_mode": "max_distance",
+  "scale_mode": "max_distance",  # clip: pose normalisation, camera.SCALE_MODES (docs/lalrm.md)
   "scale_target": 1.0,
+  "scale_floor": DEFAULT_SCALE_FLOOR,  # clip: 'extent_floor''s smallest extent scaled to scale_target (data units)
   "batch_size": None,          # global batch (None: the training config's train.batch_size); each process
                                # gets batch_size // process_count
   "shuffle_seed": 0,           # scene order and clip sampling (clip_rng(shuffle_seed, scene, epoch))
@@ -100,10 +102,10 @@ DATA_DEFAULTS: dict[str, Any] = {
 }
 # What a mixture's sources share: what a batch stacks and what the iterator does (the rest is per source).
 SHARED_FIELDS = ("num_frames", "height", "width", "num_target_seen", "num_target_unseen", "scale_mode",
-                 "scale_target", "batch_size", "shuffle_seed", "shuffle", "num_epochs", "worker_threads",
-                 "prefetch_buffer_size", "encode_frames")
+                 "scale_target", "scale_floor", "batch_size", "shuffle_seed", "shuffle", "num_epochs",
+                 "worker_threads", "prefetch_buffer_size", "encode_frames")
 CLIP_FIELDS = ("num_frames", "height", "width", "stride", "num_target_seen", "num_target_unseen", "outside_margin",
-               "scale_mode", "scale_target")
+               "scale_mode", "scale_target", "scale_floor")
 
 
 def data_config(config: Mapping[str, Any] | Any) -> dict[str, Any]:

@@ -132,7 +132,8 @@ def run_demo(out: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, scen
   background = np.zeros(3, np.float32)  # the synthetic scenes' and the LaLRM's training background
   rendered = np.stack(list(render_frames(gaussians, extras["cameras"], background=background, desc="evaluating")))
   reference, reference_cameras = reconstruct(models.lalrm, models.video.pipeline.vae, truth, cameras,
-                                             scale_mode=models.scale_mode, scale_target=models.scale_target)
+                                             scale_mode=models.scale_mode, scale_target=models.scale_target,
+                                             scale_floor=models.scale_floor)
   reference_frames = np.stack(list(render_frames(reference, reference_cameras, background=background,
                                                  desc="reference")))
   # Over the frames after the input one (frame 0 is the input image itself).

@@ -6,7 +6,8 @@
 
 The cameras (one per video frame, any world frame and units, OpenCV) are conditioned on as the camera branch
 saw them in training: `camera.conditioning_rays`, the function the training step calls (re-based on the first
-camera, scale-normalised with the mode and target of the branch's training data, `checkpoints.pose_normalization`,
+camera, scale-normalised with the mode, target and floor of the branch's training data,
+`checkpoints.pose_normalization`,
 default: the farthest camera at distance 1 from the first; Plücker rays at the video resolution, intrinsics
 scaled to it).
 CogVideoX 1.5 samples `padded_latent_frames` extra latent frames in front (dropped at the end); their rays are
@@ -24,7 +25,7 @@ import numpy as np
 
 from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.camera.poses import conditioning_rays
+from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR, conditioning_rays
 from wonderland_jax.diffusion.pipeline import VideoPipeline
 from wonderland_jax.diffusion.sampling import padded_latent_frames
 from wonderland_jax.errors import InputFileError, WonderlandError
@@ -44,6 +45,7 @@ class CameraVideoPipeline:
   pipeline: VideoPipeline
   scale_mode: str = "max_distance"
   scale_target: float = 1.0
+  scale_floor: float = DEFAULT_SCALE_FLOOR
 
   @classmethod
   def load(cls, directory: str | os.PathLike, branch: str | os.PathLike, *, merge_lora: bool = False,
@@ -59,8 +61,8 @@ class CameraVideoPipeline:
     if transformer.camera.spatial_compression != vae_factor:
       raise InputFileError(f"{branch}: the camera branch reads rays at {transformer.camera.spatial_compression}x "
                            f"the latent size, but the VAE of {directory} compresses {vae_factor}x")
-    scale_mode, scale_target = checkpoints.pose_normalization(branch)
-    return cls(dataclasses.replace(pipeline, transformer=transformer), scale_mode, scale_target)
+    scale_mode, scale_target, scale_floor = checkpoints.pose_normalization(branch)
+    return cls(dataclasses.replace(pipeline, transformer=transformer), scale_mode, scale_target, scale_floor)
 
   @property
   def default_size(self) -> tuple[int, int]:
@@ -73,7 +75,8 @@ class CameraVideoPipeline:
     num_frames = len(cameras)
     num_latent_frames = self.pipeline.check(num_frames, height, width)
     additional = padded_latent_frames(num_latent_frames, self.pipeline.transformer.config.patch_size_t)[1]
-    rays = conditioning_rays(cameras, height, width, scale_mode=self.scale_mode, scale_target=self.scale_target)
+    rays = conditioning_rays(cameras, height, width, scale_mode=self.scale_mode, scale_target=self.scale_target,
+                             scale_floor=self.scale_floor)
     temporal = int(self.pipeline.transformer.config.temporal_compression_ratio)
     rays = jnp.concatenate([jnp.repeat(rays[:1], temporal * additional, axis=0), rays], axis=0)
     return rays[None]

@@ -38,7 +38,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.camera.poses import conditioning_rays, normalize_poses
+from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR, conditioning_rays, normalize_poses, renormalization
 from wonderland_jax.camera.rays import ray_bundle
 from wonderland_jax.checkpoints import register_model
 from wonderland_jax.errors import WonderlandError
@@ -270,13 +270,16 @@ def to_gaussians(gaussian_map: jax.Array, cameras: Camera, config: LaLRMConfig) 
 
 
 def predict(lalrm: LaLRM, latents: jax.Array, viewmats: jax.Array, intrinsics: jax.Array, height: int, width: int, *,
-            scale_mode: str = "max_distance", scale_target: float = 1.0) -> tuple[jax.Array, Gaussians]:
+            scale_mode: str = "max_distance", scale_target: float = 1.0,
+            scale_floor: float = DEFAULT_SCALE_FLOOR) -> tuple[jax.Array, Gaussians]:
   """latents (B, t, h, w, C) + the seen frames' cameras (B, F, 4, 4) world->camera, (B, F, 3, 3) at (height,
   width) -> (Gaussian maps, Gaussians batched over B). The LaLRM reads `camera.conditioning_rays` of the cameras
   (re-based on the first, normalised with the settings it trained with); the Gaussians are in that normalised
-  first-camera frame (training clips arrive normalised already, so there it is the data's frame)."""
-  normalize = functools.partial(normalize_poses, mode=scale_mode, target=scale_target)
-  rays = functools.partial(conditioning_rays, scale_mode=scale_mode, scale_target=scale_target)
+  first-camera frame (training clips arrive normalised already, so there it is the data's frame). Cameras that
+  are normalised already (training clips, `reconstruct_latents`) come with `camera.renormalization` of the
+  settings, which leaves them as they are (the same settings but for 'extent_floor')."""
+  normalize = functools.partial(normalize_poses, mode=scale_mode, target=scale_target, floor=scale_floor)
+  rays = functools.partial(conditioning_rays, **renormalization(scale_mode, scale_target, scale_floor))
   cameras = Camera(viewmat=jax.vmap(normalize)(viewmats)[0], K=intrinsics, width=width, height=height)
   gaussian_map = lalrm(latents, jax.vmap(rays)(cameras))
   gaussians = jax.vmap(functools.partial(to_gaussians, config=lalrm.config))(gaussian_map, cameras)

@@ -77,7 +77,7 @@ def data_block(**fields) -> dict:
   return dict(num_eval_scenes=8, eval_seed=1, shuffle_seed=0, worker_threads=0, on_error="skip",
               format=placeholder(str), root=placeholder(str), eval_root=placeholder(str),
               images_dir=placeholder(str), stride=placeholder(tuple), scale_mode="max_distance",
-              scale_target=1.0) | fields
+              scale_target=1.0, scale_floor=0.1) | fields  # scale_floor: camera.DEFAULT_SCALE_FLOOR
 
 
 def resolve_config_path(name_or_path: str) -> Path:
@@ -122,10 +122,21 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def pose_normalization(config: ml_collections.ConfigDict) -> dict:
-  """{'scale_mode', 'scale_target'} of a training config's data (defaults: `data.DATA_DEFAULTS`): what its clips
-  are normalised with, what the model's conditioning rays are computed with in the step
-  (`camera.conditioning_rays`), and what its export records for inference (`checkpoints.pose_normalization`)."""
+  """{'scale_mode', 'scale_target', 'scale_floor'} of a training config's data (defaults: `data.DATA_DEFAULTS`):
+  what its clips are normalised with (`camera.normalize_poses`) and what its export records for inference
+  (`checkpoints.pose_normalization`), which applies them to the user's cameras. The training step, whose clips
+  are normalised already, uses `step_pose_normalization`."""
   from wonderland_jax.data.pipeline import DATA_DEFAULTS  # noqa: PLC0415 (grain, only when training)
   data = config.get("data") or {}
   return {"scale_mode": str(data.get("scale_mode", DATA_DEFAULTS["scale_mode"])),
-          "scale_target": float(data.get("scale_target", DATA_DEFAULTS["scale_target"]))}
+          "scale_target": float(data.get("scale_target", DATA_DEFAULTS["scale_target"])),
+          "scale_floor": float(data.get("scale_floor", DATA_DEFAULTS["scale_floor"]))}
+
+
+def step_pose_normalization(config: ml_collections.ConfigDict) -> dict:
+  """What a training step computes its clips' conditioning rays with (`camera.conditioning_rays`,
+  `models.lalrm.predict`): `camera.renormalization` of `pose_normalization(config)`, which leaves the clips (the
+  data pipeline normalised them) as they are, so the rays equal those inference computes from the raw cameras.
+  The same settings but for 'extent_floor', whose floor becomes the target."""
+  from wonderland_jax.camera.poses import renormalization  # noqa: PLC0415 (jax, only when training)
+  return renormalization(**pose_normalization(config))

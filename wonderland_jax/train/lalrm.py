@@ -33,7 +33,7 @@ from wonderland_jax.eval import image_metrics
 from wonderland_jax.models.lalrm import LaLRM, LaLRMConfig, predict
 from wonderland_jax.models.vae import encode_frames, load_vae
 from wonderland_jax.splat.rasterize import rasterize
-from wonderland_jax.train.config import pose_normalization
+from wonderland_jax.train.config import pose_normalization, step_pose_normalization
 from wonderland_jax.train.loop import Task
 
 logger = logging.getLogger("wonderland_jax")
@@ -134,7 +134,7 @@ def render_batch(lalrm: LaLRM, vae, batch: dict, config: ml_collections.ConfigDi
                             "or train from a latent cache")
     latents = encode_frames(vae, batch["frames"])
   _, gaussians = predict(lalrm, latents, batch["viewmats"], batch["intrinsics"], height, width,
-                         **pose_normalization(config))
+                         **step_pose_normalization(config))
   capacity = render_capacity(config, lalrm.config, batch["viewmats"].shape[1], height, width)
   return render_targets(gaussians, batch["target_viewmats"], batch["target_intrinsics"], height, width,
                         capacity=capacity, config=config)
