@@ -95,6 +95,9 @@ def test_generate_latents_split_packed_and_resumed(tmp_path, converted, branch, 
   assert "made with other settings (num_inference_steps: 2 there, 3 now)" in capsys.readouterr().err
   assert main(_command(converted, branch, prompts, tmp_path / "none", "--poses", str(tmp_path / "nowhere"))) == 2
   assert "--poses" in capsys.readouterr().err and not (tmp_path / "none").exists()
+  assert main(_command(converted, branch, prompts, tmp_path / "none", "--pair-by-name")) == 2
+  assert "--pair-by-name: no image named orbit.png/.jpg" in capsys.readouterr().err
+  assert not (tmp_path / "none").exists()
   partial = tmp_path / "partial"
   assert main(_command(converted, branch, prompts, partial, *split, "1")) == 0
   assert main(["generate-latents", "--out", str(partial), "--pack-only"]) == 2

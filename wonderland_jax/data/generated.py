@@ -7,7 +7,9 @@ paper's stage 2: latents the video model generated, with its decoded frames as t
 
 Sample i (of `num_samples`) is fully determined by (seed, i): its Generator `np.random.default_rng([seed, i])`
 picks the image prompt, the pose file, the stride and start of the camera path, the supervision views and the
-sampling seed (recorded in the record as `seed`: `jax.random.key(seed)` reproduces it). The text prompt is the
+sampling seed (recorded in the record as `seed`: `jax.random.key(seed)` reproduces it). With `pair_by_name`
+the image is the one named like the pose file (`poses/<scene>.txt` and `images/<scene>.png`: a scene's own first
+frame with its own path) instead of a drawn one. The text prompt is the
 image's sidecar `<image stem>.txt` when there is one, else `prompt`; it is recorded as `prompt`.
 
 Resumable, and split over processes by index: process p of P generates the samples i with i % P == p. Each
@@ -79,6 +81,7 @@ class GenerationSettings:
   images: str
   poses: str
   image_codec: str = "png"
+  pair_by_name: bool = False
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self) | {"stride": list(self.stride)}
@@ -113,10 +116,22 @@ def pose_files(root) -> list[Path]:
 
 def sample_plan(settings: GenerationSettings, index: int, num_images: int, num_pose_files: int) -> dict[str, Any]:
   """Sample `index`'s choices, from np.random.default_rng([seed, index]) only: image, pose file, sampling seed,
-  and the Generator left to cut the camera path."""
+  and the Generator left to cut the camera path. (With pair_by_name the image drawn here is replaced by the
+  pose file's own.)"""
   rng = np.random.default_rng([settings.seed, index])
   return {"image": int(rng.integers(num_images)), "pose_file": int(rng.integers(num_pose_files)),
           "seed": int(rng.integers(2 ** 31 - 1)), "rng": rng}
+
+
+def paired_images(images: list, poses: list[Path]) -> list:
+  """The image prompts in pose-file order, matched by stem (`pair_by_name`); a pose file without one is an
+  error naming it."""
+  by_stem = {path.stem: (path, prompt) for path, prompt in images}
+  missing = [path for path in poses if path.stem not in by_stem]
+  if missing:
+    raise InputFileError(f"--pair-by-name: no image named {missing[0].stem}.png/.jpg for {missing[0]} "
+                         f"({len(missing)} pose files without one)")
+  return [by_stem[path.stem] for path in poses]
 
 
 def generate_latents(pipe, settings: GenerationSettings, out, *, process_index: int = 0, process_count: int = 1,
@@ -132,6 +147,8 @@ def generate_latents(pipe, settings: GenerationSettings, out, *, process_index: 
   pipe.pipeline.check(settings.num_frames, settings.height, settings.width)
   images = image_prompts(settings.images)
   poses = pose_files(settings.poses)
+  if settings.pair_by_name:
+    paired_images(images, poses)  # every pose file has its image, before anything is written
   _claim(out, settings)
   samples = out / SAMPLES_DIR
   samples.mkdir(exist_ok=True)
@@ -175,7 +192,8 @@ def make_sample(pipe, settings: GenerationSettings, index: int, images: list, po
   frame_indices = sample_indices(len(sequence.cameras), spec, plan["rng"], settings.stride,
                                  where=str(pose_path)).frame_indices
   cameras = sequence.cameras[frame_indices]
-  image_path, image_prompt = images[plan["image"]]
+  image_path, image_prompt = (paired_images(images, poses)[plan["pose_file"]] if settings.pair_by_name
+                              else images[plan["image"]])
   image = resize_image(read_image(image_path), settings.height, settings.width)
   prompt = settings.prompt if image_prompt is None else image_prompt
   unscaled, frames = pipe.generate(image, prompt, cameras, negative_prompt=settings.negative_prompt,
