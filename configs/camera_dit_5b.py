@@ -11,8 +11,9 @@ each block rematerialised. Clips of 49 frames at 480x720 (13 x 60 x 90 latents) 
 or one COLMAP-style root). Adam, batch 24, 40K steps. The learning rate, betas and weight decay are lost from our
 copy of the paper's text: 1e-4, (0.9, 0.999) and 1e-2 here (CameraCtrl's and the CogVideoX LoRA recipe's
 values). Text: the prompt `text.prompt` for every clip (the datasets have no captions), embedded once by the
-pipeline's T5 and cached in `text.embeddings`. On GPUs add --config.base.attention=cudnn, on TPUs
---config.base.attention=splash. `wonderland plan` gives the per-device memory of this step on a mesh.
+pipeline's T5 and cached in `text.embeddings`, or per-scene captions with --config.text.captions=captions.jsonl
+(each distinct prompt embedded once, cached beside `text.embeddings`). On GPUs add --config.base.attention=cudnn,
+on TPUs --config.base.attention=splash. `wonderland plan` gives the per-device memory of this step on a mesh.
 """
 
 import ml_collections
@@ -41,8 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.vae = dict(checkpoint="", seed=0, random_config=dict(
       block_out_channels=(128, 256, 256, 512), latent_channels=16, layers_per_block=3, norm_num_groups=32,
       temporal_compression_ratio=4, sample_height=480, sample_width=720, scaling_factor=0.7))
+  # captions: optional per-scene prompts, a .jsonl of {"id": scene id, "prompt": ...} lines (train/captions.py;
+  # the table is cached beside `embeddings`, 3.7 MB per distinct prompt); scenes without one get `prompt`.
   config.text = dict(embeddings="checkpoints/cogvideox-5b-i2v/text_embeddings.npz",
-                     prompt="a static scene, the camera moves smoothly", dropout=0.1)
+                     prompt="a static scene, the camera moves smoothly", captions="", dropout=0.1)
   config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)  # unused: the pipeline's scheduler_config.json is read
   config.objective = dict(image_noise_mean=-3.0, image_noise_std=0.5)
   config.data = data_block(source="scenes", num_frames=49, height=480, width=720, num_target_seen=0,

@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The pipeline's VAE (the trained tiny one) unless set.
   config.vae = dict(checkpoint="", seed=0, random_config=TINY_VAE)
   # The empty prompt for every clip: no dropout needed (the unconditional embeddings are the same).
-  config.text = dict(embeddings="", prompt="", dropout=0.0)
+  config.text = dict(embeddings="", prompt="", captions="", dropout=0.0)
   config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)  # unused: the pipeline's scheduler_config.json is read
   config.objective = dict(image_noise_mean=-3.0, image_noise_std=0.5)
   config.data = data_block(source="synthetic", num_frames=9, height=32, width=32, num_target_seen=0,

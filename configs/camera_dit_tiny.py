@@ -27,7 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.camera = dict(branches="dual", controlnet_layers=2, lora_rank=8, lora_alpha=placeholder(float),
                        lora_targets=("attn",), encoder_channels=32, spatial_compression=8)
   config.vae = dict(checkpoint="", seed=0, random_config=TINY_VAE)
-  config.text = dict(embeddings="", prompt="", dropout=0.1)
+  # prompt: every clip's prompt (no captions) / the uncaptioned scenes'; captions: a .jsonl of {"id": scene id,
+  # "prompt": ...} per line (needs base.pipeline's T5; train/captions.py); dropout: P(empty prompt) per clip.
+  config.text = dict(embeddings="", prompt="", captions="", dropout=0.1)
   config.scheduler = dict(COGVIDEOX_I2V_SCHEDULER)
   config.objective = dict(image_noise_mean=-3.0, image_noise_std=0.5)
   # Every key of wonderland_jax.data.pipeline.DATA_DEFAULTS can be set (see configs/lalrm_tiny.py).

@@ -202,8 +202,13 @@ def synthetic_scene(seed: int, index: int, *, height: int, width: int, num_sourc
   viewmats = np.linalg.inv(path(rng, num_source_frames))
   intrinsics = np.broadcast_to(pinhole_intrinsics(width, height, fov_deg), (num_source_frames, 3, 3)).copy()
   frames = RenderedFrames(gaussians, viewmats, intrinsics, background)
-  return Scene(f"synthetic-{seed}-{index}", f"synthetic dataset (seed {seed}) scene {index}", frames, viewmats,
+  return Scene(synthetic_scene_name(seed, index), f"synthetic dataset (seed {seed}) scene {index}", frames, viewmats,
                intrinsics, int(width), int(height), "synthetic").validate()
+
+
+def synthetic_scene_name(seed: int, index: int) -> str:
+  """The name (scene id) of scene `index` of the synthetic dataset `seed`: 'synthetic-<seed>-<index>'."""
+  return f"synthetic-{int(seed)}-{int(index)}"
 
 
 class SyntheticDataset:
@@ -235,6 +240,10 @@ class SyntheticDataset:
     return synthetic_scene(self.seed, index, height=self.spec.height, width=self.spec.width,
                            num_source_frames=self.num_source_frames, num_gaussians=self.num_gaussians,
                            fov_deg=self.fov_deg, background=self.background, camera_paths=self.camera_paths)
+
+  def scene_name(self, index: int) -> str:
+    """Scene `index`'s name (`synthetic_scene_name`), without rendering it."""
+    return synthetic_scene_name(self.seed, index)
 
   def clip(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     clip = sample_clip(self.scene(int(index)), self.spec, rng)

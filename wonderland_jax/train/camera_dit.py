@@ -10,11 +10,15 @@ with the scheduler's (zero-terminal-SNR) alphas, and the loss mean((v_pred - v)^
 sqrt(1 - abar) x0. (diffusers' CogVideoX fine-tuning scripts weight the x0 error by 1 / (1 - abar), which is
 this same v error.) The image condition is the clip's first frame with the recipe's noise augmentation
 (sigma = exp(N(image_noise_mean, image_noise_std)) per clip, added to the frame in [-1, 1] before encoding),
-encoded, scaled and padded with zero latents along time, concatenated in channels. Text: one prompt's
-embeddings for every clip (real camera datasets carry no captions), replaced by the empty prompt's with
-probability `text.dropout` so classifier-free guidance works; embeddings are computed once (T5 of the base
-pipeline) and cached in `text.embeddings` (.npz), or zeros without a text encoder (the tiny config). The
-cameras become Plücker rays in the first camera's frame (the data pipeline re-bases and scales the poses).
+encoded, scaled and padded with zero latents along time, concatenated in channels. Text: by default one
+prompt's embeddings (`text.prompt`) for every clip (real camera datasets carry no captions), computed once (T5
+of the base pipeline) and cached in `text.embeddings` (.npz), or zeros without a text encoder (the tiny config).
+With `text.captions` (a JSON-lines file of scene id -> prompt, `train.captions`) each clip gets its scene's
+caption (scenes without one: `text.prompt`): every distinct prompt is embedded once (cached beside
+`text.embeddings`) and each batch carries its clips' embeddings as `text_embeds` (B, L, D) from the host. Either
+way a clip's text is replaced by the empty prompt's embeddings with probability `text.dropout` so
+classifier-free guidance works. The cameras become Plücker rays in the first camera's frame (the data pipeline
+re-bases and scales the poses).
 
 Trainable: the branch params (`camera_dit.BRANCH`); the base's params are frozen (no gradients, no optimizer
 state) and stored in `base.param_dtype` (bfloat16 for the 5B model). With `base.trainable=True` every param of
@@ -39,7 +43,7 @@ from flax import nnx
 
 from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
-from wonderland_jax.camera.poses import conditioning_rays
+from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR, conditioning_rays
 from wonderland_jax.diffusion.schedulers import SchedulerConfig, add_noise, get_velocity, make_tables
 from wonderland_jax.errors import InputFileError, WonderlandError
 from wonderland_jax.io_utils import atomic_path
@@ -48,7 +52,8 @@ from wonderland_jax.models.camera_dit import BRANCH, CameraConfig, CameraDiT
 from wonderland_jax.models.dit import CogVideoXTransformer, DiTConfig
 from wonderland_jax.models.vae import load_vae
 from wonderland_jax.nn.abstract import abstract_build
-from wonderland_jax.train.config import pose_normalization
+from wonderland_jax.train.captions import ClipCaptions
+from wonderland_jax.train.config import pose_normalization, step_pose_normalization
 from wonderland_jax.train.loop import Task
 
 logger = logging.getLogger("wonderland_jax")
@@ -176,10 +181,11 @@ def text_embeddings(config: ml_collections.ConfigDict, base: DiTConfig) -> tuple
 
 
 def clip_plucker(viewmats: jax.Array, intrinsics: jax.Array, height: int, width: int, *, scale_mode: str,
-                 scale_target: float) -> jax.Array:
+                 scale_target: float, scale_floor: float = DEFAULT_SCALE_FLOOR) -> jax.Array:
   """Cameras of a batch of clips (B, F, 4, 4), (B, F, 3, 3) -> their conditioning rays (B, F, H, W, 6), exactly
   as sampling computes them (`camera.conditioning_rays`)."""
-  rays = functools.partial(conditioning_rays, scale_mode=scale_mode, scale_target=scale_target)
+  rays = functools.partial(conditioning_rays, scale_mode=scale_mode, scale_target=scale_target,
+                           scale_floor=scale_floor)
   return jax.vmap(lambda v, k: rays(Camera(viewmat=v, K=k, width=width, height=height)))(viewmats, intrinsics)
 
 
@@ -189,7 +195,9 @@ def encode(vae, video: jax.Array, key: jax.Array) -> jax.Array:
 
 
 def diffusion_inputs(model: CameraDiTTrainee, batch: dict, key: jax.Array, *, tables, config, timesteps=None):
-  """(model input (B, t, h, w, 2C), text (B, L, D), timesteps (B,), plucker, target v)."""
+  """(model input (B, t, h, w, 2C), text (B, L, D), timesteps (B,), plucker, target v). The text is the batch's
+  `text_embeds` (B, L, D) (per-clip captions) when it has them, else the fixed prompt's embeddings; each clip's
+  is replaced by the empty prompt's with probability `text.dropout`."""
   frames = batch["frames"]
   batch_size = frames.shape[0]
   keys = jax.random.split(key, 6)
@@ -206,9 +214,10 @@ def diffusion_inputs(model: CameraDiTTrainee, batch: dict, key: jax.Array, *, ta
   noisy = add_noise(tables, latents, noise, timesteps)
   target = get_velocity(tables, latents, noise, timesteps)
   drop = jax.random.uniform(jax.random.fold_in(key, 7), (batch_size,)) < float(config.text.dropout)
-  text = jnp.where(drop[:, None, None], model.empty_embeds[...][None], model.prompt_embeds[...][None])
+  prompt = batch["text_embeds"] if "text_embeds" in batch else model.prompt_embeds[...][None]
+  text = jnp.where(drop[:, None, None], model.empty_embeds[...][None], prompt)
   height, width = frames.shape[2:4]
-  plucker = clip_plucker(batch["viewmats"], batch["intrinsics"], height, width, **pose_normalization(config))
+  plucker = clip_plucker(batch["viewmats"], batch["intrinsics"], height, width, **step_pose_normalization(config))
   return jnp.concatenate([noisy, condition], axis=-1), text, timesteps, plucker, target
 
 
@@ -242,8 +251,10 @@ EVAL_TIMESTEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 def evaluate_loss(model: CameraDiTTrainee, batch: dict, config: ml_collections.ConfigDict, tables) -> dict:
   """The held-out v-MSE averaged over `EVAL_TIMESTEP_FRACTIONS` (same noise every call: comparable across
-  steps), and without the cameras' information (the rays of the first frame everywhere) for contrast."""
-  batch = {key: jnp.asarray(batch[key]) for key in ("frames", "viewmats", "intrinsics")}
+  steps), and without the cameras' information (the rays of the first frame everywhere) for contrast. `batch`:
+  frames, viewmats, intrinsics and optionally the clips' caption embeddings `text_embeds`."""
+  batch = {key: jnp.asarray(batch[key]) for key in ("frames", "viewmats", "intrinsics", "text_embeds")
+           if key in batch}
   config_json = json.dumps(config.to_dict(), sort_keys=True, default=list)
   key = jax.random.key(int(config.data.eval_seed))
   blind = dict(batch, viewmats=jnp.broadcast_to(batch["viewmats"][:, :1], batch["viewmats"].shape))
@@ -260,11 +271,15 @@ def camera_dit_task(config: ml_collections.ConfigDict) -> Task:
   from wonderland_jax.data import pipeline  # noqa: PLC0415
   tables = make_tables(scheduler_config(config))
   held_out: dict = {}
+  clip_captions = ClipCaptions(config) if config.text.get("captions") else None
 
   def evaluate(model: CameraDiTTrainee, config):
     if not held_out:
       clips = pipeline.eval_clips(config)
       held_out.update({key: np.stack([clip[key] for clip in clips]) for key in ("frames", "viewmats", "intrinsics")})
+      if clip_captions is not None:
+        scene_index = np.stack([clip["scene_index"] for clip in clips])
+        held_out["text_embeds"] = clip_captions.held_out_embeds(config, scene_index)
     return evaluate_loss(model, held_out, config, tables), {}
 
   def export(model: CameraDiTTrainee, config, directory: Path):
@@ -283,17 +298,22 @@ def camera_dit_task(config: ml_collections.ConfigDict) -> Task:
 
   return Task(name="camera-dit", build_model=CameraDiTTrainee,
               loss_fn=functools.partial(camera_dit_loss, config=config, tables=tables),
-              make_iterator=pipeline.make_train_iterator,
+              make_iterator=pipeline.make_train_iterator if clip_captions is None else clip_captions.train_iterator,
               trainable=_trainee_dit if base_trainable(config) else _trainee_branch, evaluate=evaluate,
               export=export, abstract_batch=abstract_batch)
 
 
 def abstract_batch(config: ml_collections.ConfigDict) -> dict:
-  """The global batch the step takes, as shapes: frames and their cameras."""
+  """The global batch the step takes, as shapes: frames and their cameras, and with `text.captions` the clips'
+  text embeddings (B, L, D) (L, D: `base.random_config`'s max_text_seq_length and text_embed_dim)."""
   batch, data = int(config.train.batch_size), config.data
   frames, height, width = int(data.num_frames), int(data.height), int(data.width)
   shape = lambda *dims: jax.ShapeDtypeStruct((batch, frames, *dims), jnp.float32)
-  return {"frames": shape(height, width, 3), "viewmats": shape(4, 4), "intrinsics": shape(3, 3)}
+  shapes = {"frames": shape(height, width, 3), "viewmats": shape(4, 4), "intrinsics": shape(3, 3)}
+  if config.text.get("captions"):
+    base = DiTConfig.from_diffusers(config.base.random_config.to_dict())
+    shapes["text_embeds"] = jax.ShapeDtypeStruct((batch, base.max_text_seq_length, base.text_embed_dim), jnp.float32)
+  return shapes
 
 
 def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
