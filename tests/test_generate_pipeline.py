@@ -1,16 +1,20 @@
 """`wonderland generate` (wonderland_jax.pipeline) end to end on tiny random models: a converted CogVideoX
 pipeline, a camera branch and an LaLRM reading its latents; plus `reconstruct_latents`' units."""
 
+import importlib.util
 import json
+import sys
 
 import imageio.v3 as iio
 import jax
 import numpy as np
+import pytest
 
 from tests.helpers.pipelines import save_lalrm
-from tests.helpers.poses import moved_rigidly
+from tests.helpers.poses import moved_rigidly, similar_world, write_colmap_text_model
 from wonderland_jax import checkpoints
 from wonderland_jax.camera import make_trajectory
+from wonderland_jax.camera.sfm import align_to_conditioning, rebased_cameras
 from wonderland_jax.cli import main
 from wonderland_jax.io_utils import write_png
 from wonderland_jax.outputs import MANIFEST
@@ -55,6 +59,7 @@ def test_generate_writes_the_scene_videos_latents_and_report(tmp_path, converted
   assert {"loading", "sampling", "reconstruction", "flythrough", "novel_orbit"} <= set(report["seconds"])
   assert report["peak_rss_bytes"] > 2 ** 20 and report["num_gaussians"] == scene.num
   assert report["inputs"]["trajectory"] == "orbit" and report["outputs"]["scene.ply"] == str(out / "scene.ply")
+  assert report["poses"] == {"requested": "conditioning", "used": "conditioning", "frames": 9}
 
   # --decode-video adds video.mp4; the same seed gives the same latents and scene.
   again = tmp_path / "again"
@@ -74,3 +79,59 @@ def test_generate_writes_the_scene_videos_latents_and_report(tmp_path, converted
   err = capsys.readouterr().err
   assert f"{wrong}: the LaLRM reads latents with latent_channels=16" in err and "latent_channels=4" in err
   assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def _generate_flags(tmp_path, converted, branch, lalrm):
+  image = tmp_path / "first.png"
+  write_png(image, np.random.default_rng(0).uniform(0, 1, (32, 32, 3)))
+  return ["generate", "--model", str(converted), "--branch", str(branch), "--lalrm", str(lalrm), "--image",
+          str(image), "--trajectory", "orbit", "--frames", "9", "--steps", "1"]
+
+
+def test_generate_poses_colmap_reconstructs_with_the_models_cameras(tmp_path, converted, branch, lalrm, capsys):
+  conditioning = make_trajectory("orbit", 9, width=32, height=32)  # what --trajectory orbit --frames 9 gives
+  strayed = np.asarray(conditioning.c2w, np.float64).copy()
+  strayed[1:, 1, 3] += 0.2 * np.linspace(0, 1, 8)  # the video drifted down from its conditioning path
+  names = [f"frame_{index:05d}.png" for index in range(9)]
+  moved = similar_world(strayed, 3.7)  # COLMAP's frame and units
+  write_colmap_text_model(tmp_path / "colmap", moved, np.asarray(conditioning.K), 32, 32, names)
+  out = tmp_path / "out"
+  base = _generate_flags(tmp_path, converted, branch, lalrm)
+  assert main(base + ["--poses", f"colmap:{tmp_path / 'colmap'}", "--out", str(out)]) == 0
+  report = json.loads((out / "report.json").read_text())
+  expected, alignment = align_to_conditioning(moved, conditioning)
+  assert report["poses"]["used"] == "colmap" and report["poses"]["registered"] == 9
+  assert report["poses"]["scale"] == pytest.approx(alignment["scale"], rel=1e-6) and "poses" in report["seconds"]
+  assert report["inputs"]["poses"] == f"colmap:{tmp_path / 'colmap'}"
+  # The LaLRM's cameras (latents.npz, the flythrough) are the model's, aligned; not the conditioning ones.
+  saved = np.load(out / "latents.npz")["viewmats"]
+  np.testing.assert_allclose(saved, np.asarray(rebased_cameras(expected, 32, 32).viewmat), atol=1e-5)
+  assert np.abs(saved - np.asarray(rebased_cameras(conditioning, 32, 32).viewmat)).max() > 0.05
+  capsys.readouterr()
+
+  # A model of another frame count: one line naming it, before sampling.
+  write_colmap_text_model(tmp_path / "short", moved[:8], np.asarray(conditioning.K)[:8], 32, 32, names[:8])
+  assert main(base + ["--poses", f"colmap:{tmp_path / 'short'}", "--out", str(tmp_path / "bad")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert f"{tmp_path / 'short'}: a COLMAP model of 8 images but the video has 9 frames" in err and "\n" not in err
+  with pytest.raises(SystemExit, match="2"):
+    main(base + ["--poses", "colmap", "--out", str(tmp_path / "bad")])
+  assert "--poses: expected conditioning, colmap:<model dir> or sfm, got 'colmap'" in capsys.readouterr().err
+
+
+def test_generate_poses_sfm_falls_back_when_the_video_does_not_register(tmp_path, converted, branch, lalrm, capsys,
+                                                                        caplog, monkeypatch):
+  base = _generate_flags(tmp_path, converted, branch, lalrm)
+  if importlib.util.find_spec("pycolmap") is not None:
+    # A 32x32 video of random weights: nothing for SIFT, so the conditioning cameras are used and report.json
+    # says so; sfm decoded the video, so video.mp4 is written.
+    out = tmp_path / "out"
+    assert main(base + ["--poses", "sfm", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["poses"]["requested"] == "sfm" and report["poses"]["used"] == "conditioning"
+    assert "frames registered" in report["poses"]["fallback"] and {"decoding", "poses"} <= set(report["seconds"])
+    assert "--poses sfm: 0 of 9 frames registered (at least 5 needed)" in caplog.text and (out / "video.mp4").is_file()
+  monkeypatch.setitem(sys.modules, "pycolmap", None)  # without the sfm extra: one line, before loading
+  assert main(base + ["--poses", "sfm", "--out", str(tmp_path / "none")]) == 2
+  assert "--poses sfm needs pycolmap: pip install 'wonderland_jax[sfm]'" in capsys.readouterr().err
+

@@ -339,7 +339,8 @@ def _generate_latents(args: argparse.Namespace) -> None:
       stride=generated.default_stride(args.stride), seed=args.seed, prompt=args.prompt,
       negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
       model=str(Path(args.model).resolve()), branch=str(Path(args.branch).resolve()),
-      images=str(Path(args.images).resolve()), poses=str(Path(args.poses).resolve()), image_codec=args.image_codec)
+      images=str(Path(args.images).resolve()), poses=str(Path(args.poses).resolve()), image_codec=args.image_codec,
+      pair_by_name=args.pair_by_name)
   cache = generated.generate_latents(pipe, settings, args.out, process_index=process_index,
                                      process_count=process_count)
   if cache is not None:
@@ -579,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "image is its text prompt); resized and centre-cropped to --size")
   made.add_argument("--poses", default=None, help="RealEstate10K-layout folder (poses/*.txt) the camera paths are "
                                                   "cut from")
+  made.add_argument("--pair-by-name", action="store_true",
+                    help="use the image named like the drawn pose file (a scene's first frame with its own path) "
+                         "instead of a random image")
   made.add_argument("--num", type=flags.positive_int, default=None, help="samples in the dataset")
   made.add_argument("--out", required=True, help="the dataset folder (a latent cache once every sample exists)")
   made.add_argument("--frames", type=flags.positive_int, default=DEFAULT_VIDEO_FRAMES,

@@ -12,7 +12,10 @@ Stages, each a jitted program with a progress bar, timed in `extras["seconds"]`:
   reconstruction  the LaLRM on those latents and the cameras' Plücker rays, normalised as in its training
                   (`reconstruct.reconstruct_latents`) -> Gaussians in the first camera's frame, in the input
                   cameras' units;
-  decoding        (decode_video=True only) the VAE decodes the latents to frames.
+  decoding        (decode_video=True, or poses='sfm', which needs the frames) the VAE decodes the latents;
+  poses           (poses other than 'conditioning') the reconstruction cameras estimated from the video and
+                  aligned to the conditioning path (`camera.sfm`: a COLMAP model of its frames, or pycolmap
+                  structure-from-motion on them), before reconstruction.
 
 The LaLRM must read the video model's latents: same latent channels and compression (checked on loading) and,
 for a meaningful scene, trained on latents of the same VAE (not checkable from the checkpoints).
@@ -35,6 +38,8 @@ import numpy as np
 
 from wonderland_jax import checkpoints
 from wonderland_jax.camera.camera import Camera
+from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR
+from wonderland_jax.camera.sfm import PoseSource, rebased_cameras, reconstruction_cameras
 from wonderland_jax.convert.pipeline import read_pipeline
 from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline
 from wonderland_jax.errors import InputFileError
@@ -59,6 +64,7 @@ class WonderlandPipeline:
   lalrm: LaLRM
   scale_mode: str = "max_distance"
   scale_target: float = 1.0
+  scale_floor: float = DEFAULT_SCALE_FLOOR
 
   @classmethod
   def load(cls, model_directory: str | os.PathLike, branch_directory: str | os.PathLike,
@@ -101,19 +107,27 @@ def _run_stage(name: str, seconds: dict[str, float], function: Callable[[], Any]
 def generate_scene(models: WonderlandPipeline, image: np.ndarray, cameras: Camera, prompt: str = "", *,
                    key: jax.Array, negative_prompt: str = "", num_frames: int | None = None,
                    num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
-                   decode_video: bool = False) -> tuple[Gaussians, dict[str, Any]]:
+                   decode_video: bool = False,
+                   poses: PoseSource | str = "conditioning") -> tuple[Gaussians, dict[str, Any]]:
   """image (H, W, 3) in [0, 1] at the video size and F cameras (one per video frame, F = 1 + 4k; any world
   frame and units, OpenCV) -> (Gaussians in the first camera's frame and the cameras' units, extras):
 
     latents     (1, t, H / 8, W / 8, C) (8: the VAE's factor) the sampled latents, scaled: the diffusion and
                 LaLRM latent space (`scale_latents` of `CameraVideoPipeline.generate`'s, which are unscaled);
-    cameras     the F cameras re-based on the first, at the video size, in the input's units (the scene's);
+    cameras     the F cameras the LaLRM reconstructed with, re-based on the first, at the video size, in the
+                input's units (the scene's);
+    conditioning_cameras  the input cameras the same way (= cameras for poses='conditioning'): the input path's
+                views of the scene (the first frame is the same camera in both);
+    poses       what `reconstruction_cameras` used: {requested, used, frames, ...} (report.json's "poses");
     pose_scale  the LaLRM saw the cameras' translations (and the scene) x pose_scale;
-    frames      (F, H, W, 3) in [0, 1] when decode_video, else None;
-    seconds     {stage: wall seconds} for sampling, reconstruction (and decoding).
+    frames      (F, H, W, 3) in [0, 1] when decoded (decode_video or poses='sfm'), else None;
+    seconds     {stage: wall seconds} for sampling, reconstruction (and decoding, poses).
 
-  num_frames (default F) must equal F. The other keywords are `CameraVideoPipeline.generate`'s."""
+  poses: 'conditioning' (the input cameras), 'colmap:<model dir>' or 'sfm' (`camera.sfm`; checked before
+  sampling). num_frames (default F) must equal F. The other keywords are `CameraVideoPipeline.generate`'s."""
   num_frames = len(cameras) if num_frames is None else num_frames
+  poses = PoseSource.parse(poses)
+  poses.check(len(cameras))  # pycolmap installed, the COLMAP model readable and of F images: before sampling
   height, width = image.shape[:2]
   video, vae_config = models.video.pipeline, models.video.pipeline.vae.config
   num_latent_frames = video.check(num_frames, height, width)
@@ -127,13 +141,23 @@ def generate_scene(models: WonderlandPipeline, image: np.ndarray, cameras: Camer
                                       use_dynamic_cfg=use_dynamic_cfg, key=key, decode=False)
   latents = jax.block_until_ready(vae_config.scale_latents(unscaled))
   seconds["sampling"] = time.perf_counter() - start
+  decode = lambda: _run_stage("decoding", seconds, lambda: video.decode_frames(unscaled))
+  frames = decode() if poses.needs_frames else None
+  if poses.kind == "conditioning":
+    chosen, pose_record = reconstruction_cameras(poses, cameras)
+  else:
+    chosen, pose_record = _run_stage("poses", seconds, lambda: reconstruction_cameras(poses, cameras, frames))
   with video.compute.running():
     gaussians, rebased, scale = _run_stage("reconstruction", seconds, lambda: reconstruct_latents(
-        models.lalrm, latents, cameras, scale_mode=models.scale_mode, scale_target=models.scale_target))
-  frames = _run_stage("decoding", seconds, lambda: video.decode_frames(unscaled)) if decode_video else None
+        models.lalrm, latents, chosen, scale_mode=models.scale_mode, scale_target=models.scale_target,
+        scale_floor=models.scale_floor))
+  if decode_video and frames is None:
+    frames = decode()
   logger.info("scene: %d Gaussians (sampling %.1fs, reconstruction %.1fs)", gaussians.num, seconds["sampling"],
               seconds["reconstruction"])
-  extras = dict(latents=latents, cameras=rebased, pose_scale=scale, frames=frames, seconds=seconds)
+  conditioning = rebased if chosen is cameras else rebased_cameras(cameras, rebased.width, rebased.height)
+  extras = dict(latents=latents, cameras=rebased, conditioning_cameras=conditioning, poses=pose_record,
+                pose_scale=scale, frames=frames, seconds=seconds)
   return gaussians, extras
 
 
@@ -188,7 +212,8 @@ def save_generation(out: str | os.PathLike, gaussians: Gaussians, extras: dict[s
                     seconds: dict[str, float], started: float, fps: float = 8.0) -> tuple[str, ...]:
   """`wonderland generate`'s outputs, written whole into `out` (`write_scene_outputs`, plus `video.mp4` when the
   video was decoded, and report.json: the inputs, outputs, seconds per stage, total seconds since `started`
-  (a `time.perf_counter()`), peak memory, Gaussian count, pose scale and device). Returns the file names."""
+  (a `time.perf_counter()`), peak memory, Gaussian count, pose scale, the poses used and device). Returns the file
+  names."""
   out = Path(out)
   names = SCENE_OUTPUTS + (("video.mp4",) if extras.get("frames") is not None else ())
   with atomic_directory(out) as staging:
@@ -196,5 +221,5 @@ def save_generation(out: str | os.PathLike, gaussians: Gaussians, extras: dict[s
     write_json(staging / "report.json", dict(
         inputs=inputs, outputs={name: str(out / name) for name in names}, seconds=seconds,
         total_seconds=time.perf_counter() - started, peak_rss_bytes=peak_rss_bytes(), num_gaussians=gaussians.num,
-        pose_scale=extras["pose_scale"], device=jax.devices()[0].platform))
+        pose_scale=extras["pose_scale"], poses=extras.get("poses"), device=jax.devices()[0].platform))
   return names

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from tests.helpers.poses import similar_world, write_colmap_text_model
 from wonderland_jax.cli import main
 from wonderland_jax.data import write_synthetic_dataset
 from wonderland_jax.data.scenes import scan_dataset
@@ -150,6 +151,27 @@ def test_eval_scene_cli(converted, branch, lalrm, dataset, tmp_path, capsys):
   assert row["clips"] == 1 and np.isfinite(row["PSNR"]) and row["LPIPS"] is None
   (clip_dir,) = (out / "clips").iterdir()
   assert iio.imread(clip_dir / "renders.mp4").shape == (9, 32, 32, 3)  # min(14, F) views
+
+
+def test_eval_scene_poses_colmap_reads_a_model_per_clip(converted, branch, lalrm, dataset, tmp_path, capsys):
+  scan = scan_dataset(dataset, "realestate10k")
+  first, second = sample_clips(scan, 2, num_frames=9, stride=2, seed=0)  # the clips the command samples
+  scene = next(ref.load() for ref in scan.scenes if ref.name == first.scene)
+  _, cameras = clip_inputs(scene, first, 32, 32)
+  # Clip 0: a COLMAP model of its frames in another similarity frame; clip 1: none (conditioning, a warning).
+  write_colmap_text_model(tmp_path / "colmap" / first.id, similar_world(np.asarray(cameras.c2w), 3.7),
+                          np.asarray(cameras.K), 32, 32, [f"frame_{index:05d}.png" for index in range(9)])
+  flags = _eval_flags(converted, branch, dataset, tmp_path / "es", "scene") + ["--lalrm", str(lalrm)]
+  assert main(flags + ["--poses", f"colmap:{tmp_path / 'colmap'}"]) == 0
+  records = [json.loads((tmp_path / "es" / "clips" / clip.id / "record.json").read_text()) for clip in (first, second)]
+  assert records[0]["poses"]["used"] == "colmap" and records[0]["poses"]["centre_rms"] < 1e-4
+  assert records[0]["poses"]["scale"] == pytest.approx(1 / 3.7, rel=1e-4)
+  assert records[1]["poses"] == {"requested": f"colmap:{tmp_path / 'colmap' / second.id}", "used": "conditioning",
+                                 "frames": 9, "fallback": "no model"}
+  capsys.readouterr()
+  other = _eval_flags(converted, branch, dataset, tmp_path / "other", "scene") + ["--lalrm", str(lalrm)]
+  assert main(other + ["--poses", "colmap:nowhere"]) == 2
+  assert "--poses colmap:nowhere: no such directory" in capsys.readouterr().err
 
 
 def test_similarity_against_direct_metrics():

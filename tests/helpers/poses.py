@@ -26,3 +26,34 @@ def moved_rigidly(cameras: Camera, scale: float, seed: int = 0) -> Camera:
   c2w = world @ np.asarray(cameras.c2w, np.float64)
   c2w[:, :3, 3] *= scale
   return Camera.from_c2w(c2w.astype(np.float32), cameras.K, cameras.width, cameras.height)
+
+
+def similar_world(c2w: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:
+  """Camera->world poses (F, 4, 4) in another similarity frame: x -> scale (R x + t), R a random rotation (float64;
+  what a COLMAP model of the same video might hold)."""
+  rng = np.random.default_rng(seed)
+  rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+  rotation *= np.sign(np.linalg.det(rotation))
+  moved = np.array(c2w, np.float64)
+  moved[:, :3, :3] = rotation @ moved[:, :3, :3]
+  moved[:, :3, 3] = scale * (moved[:, :3, 3] @ rotation.T + rng.normal(size=3))
+  return moved
+
+
+def write_colmap_text_model(directory, c2w: np.ndarray, K: np.ndarray, width: int, height: int,
+                            names: list[str]) -> None:
+  """A COLMAP text model (cameras.txt, images.txt) of camera->world poses (F, 4, 4) with intrinsics (F, 3, 3) at
+  width x height: one PINHOLE camera per image, images written in reverse order (readers sort by name)."""
+  from scipy.spatial.transform import Rotation  # noqa: PLC0415 (the test extra)
+  directory.mkdir(parents=True, exist_ok=True)
+  viewmats = np.linalg.inv(np.asarray(c2w, np.float64))
+  pinhole = np.asarray(K, np.float64)[:, [0, 1, 0, 1], [0, 1, 2, 2]]  # fx fy cx cy
+  cameras = [f"{i + 1} PINHOLE {width} {height} " + " ".join(repr(float(v)) for v in params)
+             for i, params in enumerate(pinhole)]
+  images = []
+  for i in reversed(range(len(names))):
+    x, y, z, w = Rotation.from_matrix(viewmats[i, :3, :3]).as_quat()
+    values = " ".join(repr(float(v)) for v in (w, x, y, z, *viewmats[i, :3, 3]))
+    images.append(f"{i + 1} {values} {i + 1} {names[i]}\n\n")  # an empty POINTS2D line
+  (directory / "cameras.txt").write_text("\n".join(cameras) + "\n")
+  (directory / "images.txt").write_text("".join(images))

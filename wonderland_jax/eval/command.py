@@ -17,8 +17,9 @@ import jax
 import numpy as np
 
 from wonderland_jax import flags
+from wonderland_jax.camera.sfm import POSES_HELP, PoseSource, pose_source_flag
 from wonderland_jax.data.scenes import FORMATS, scan_dataset
-from wonderland_jax.errors import OutputError, WonderlandError
+from wonderland_jax.errors import InputFileError, OutputError, WonderlandError
 from wonderland_jax.eval.protocol import (
   EVAL_STRIDES,
   SIMILARITY_FRAMES,
@@ -36,7 +37,7 @@ logger = logging.getLogger("wonderland_jax")
 # weights and --colmap, may be added in a later pass).
 GENERATION_FLAGS = ("kind", "data", "format", "images_dir", "num", "stride", "seed", "frames", "size", "model",
                     "branch", "lalrm", "prompt", "negative_prompt", "steps", "guidance", "dynamic_cfg", "merge_lora",
-                    "dtype")
+                    "dtype", "poses")
 
 
 def add_parser(commands, run_command) -> None:
@@ -66,6 +67,11 @@ def add_parser(commands, run_command) -> None:
     parser.add_argument("--branch", required=True, help="the camera branch (`wonderland train camera-dit`)")
     if kind == "scene":
       parser.add_argument("--lalrm", required=True, help="the LaLRM (`wonderland train lalrm`)")
+      parser.add_argument("--poses", type=pose_source_flag, default="conditioning",
+                          help="the cameras the LaLRM reconstructs with: " + POSES_HELP + "; colmap:<root> reads "
+                               "<root>/<clip id>/ per clip (a clip without one uses the conditioning cameras, with "
+                               "a warning); the renders are always at the ground-truth cameras (default: "
+                               "%(default)s)")
     parser.add_argument("--prompt", default="")
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--steps", type=flags.positive_int, default=50, help="sampling steps")
@@ -120,6 +126,11 @@ def run(args: argparse.Namespace) -> dict:
   else:
     from wonderland_jax.pipeline import WonderlandPipeline, generate_scene  # noqa: PLC0415
     from wonderland_jax.splat.flythrough import render_frames  # noqa: PLC0415
+    poses = PoseSource.parse(args.poses)
+    if poses.kind == "colmap" and not poses.model_dir.is_dir():
+      raise InputFileError(f"--poses {args.poses}: no such directory (of COLMAP models, <root>/<clip id>/)")
+    if poses.kind == "sfm":
+      poses.check()  # pycolmap installed, before loading
     models = WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora,
                                     compute=compute.from_args(args))
     video = models.video.pipeline
@@ -132,8 +143,17 @@ def run(args: argparse.Namespace) -> dict:
     key = jax.random.fold_in(jax.random.key(args.seed), clip.number)  # the same whether resumed or not
     if args.kind == "video":
       return models.generate(image, args.prompt, cameras, key=key, **options)[1]
-    gaussians, extras = generate_scene(models, image, cameras, args.prompt, key=key, **options)
-    return np.stack(list(render_frames(gaussians, extras["cameras"][:SIMILARITY_FRAMES], desc="rendering views")))
+    source, missing = poses, None
+    if poses.kind == "colmap":  # one model per clip
+      source = PoseSource("colmap", poses.model_dir / clip.id)
+      if not source.model_dir.is_dir():
+        missing, source = source, PoseSource()
+        logger.warning("clip %s: no COLMAP model %s; reconstructing from the conditioning cameras", clip.id,
+                       missing.model_dir)
+    gaussians, extras = generate_scene(models, image, cameras, args.prompt, key=key, poses=source, **options)
+    record = extras["poses"] | ({} if missing is None else dict(requested=str(missing), fallback="no model"))
+    views = extras["conditioning_cameras"][:SIMILARITY_FRAMES]  # the ground-truth views, whatever the poses
+    return np.stack(list(render_frames(gaussians, views, desc="rendering views"))), {"poses": record}
 
   label = args.label or args.format
   colmap = Path(args.colmap) if getattr(args, "colmap", None) else None

@@ -178,8 +178,9 @@ def similarity(networks: MetricNetworks, generated: np.ndarray, reference: np.nd
 
 
 # generate(clip, first frame (H, W, 3), the clip's F cameras) -> video: the (F, H, W, 3) generated frames; scene:
-# the (14, H, W, 3) renders of the generated scene at the first 14 cameras. Images in [0, 1].
-Generate = Callable[[EvalClip, np.ndarray, Camera], np.ndarray]
+# the (14, H, W, 3) renders of the generated scene at the first 14 cameras, or (renders, entries added to the
+# clip's record: e.g. the poses the scene was reconstructed with). Images in [0, 1].
+Generate = Callable[[EvalClip, np.ndarray, Camera], np.ndarray | tuple[np.ndarray, dict]]
 
 
 @dataclasses.dataclass
@@ -232,15 +233,18 @@ def evaluate_video_clip(run: EvalRun, clip: EvalClip, generate: Generate,
 def evaluate_scene_clip(run: EvalRun, clip: EvalClip, generate: Generate,
                         staging: Path) -> dict:
   """Builds one clip's scene, renders it at the first 14 cameras, writes its files into `staging` and returns
-  its record."""
+  its record (with the entries `generate` returned beside the renders, e.g. the poses used)."""
   reference, cameras = clip_inputs(_scene_of(run, clip), clip, run.height, run.width)
   count = min(SIMILARITY_FRAMES, len(reference))
-  renders = np.asarray(generate(clip, reference[0], cameras), np.float32)
+  renders, extra = generate(clip, reference[0], cameras), {}
+  if isinstance(renders, tuple):
+    renders, extra = renders
+  renders = np.asarray(renders, np.float32)
   if renders.shape != reference[:count].shape:
     raise WonderlandError(f"clip {clip.id}: renders {renders.shape} vs reference views {reference[:count].shape}")
   write_video(staging / "renders.mp4", np.clip(renders, 0.0, 1.0), fps=run.fps)
   write_video(staging / "reference.mp4", reference[:count], fps=run.fps)
-  return similarity(run.networks, renders, reference[:count])
+  return similarity(run.networks, renders, reference[:count]) | extra
 
 
 def run_evaluation(run: EvalRun, generate: Generate) -> dict:
