@@ -63,7 +63,7 @@ def _generated_cache(pipe, scenes: Path, out: Path, weights: Path, num: int, see
     generated.generate_latents(pipe, settings, out)
 
 
-def _finetune(workdir: Path, init: Path, sources: dict, steps: int, learning_rate: float) -> Path:
+def _finetune(workdir: Path, init: Path, sources: dict, steps: int, learning_rate: float, seed: int) -> Path:
   from wonderland_jax.train.config import load_config  # noqa: PLC0415
   from wonderland_jax.train.loop import train  # noqa: PLC0415
   from wonderland_jax.train.tasks import make_task  # noqa: PLC0415
@@ -72,6 +72,8 @@ def _finetune(workdir: Path, init: Path, sources: dict, steps: int, learning_rat
   config = load_config("lalrm_tiny")
   with config.unlocked():
     config.init_from = str(init)
+    config.seed = seed
+    config.data.shuffle_seed = seed
     config.data.encode_frames = False
     config.data.root = None
     config.data.sources = sources
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
   parser.add_argument("--held-out", type=int, default=32, help="held-out samples of each kind (default 32)")
   parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps of each run (default 300)")
   parser.add_argument("--learning-rate", type=float, default=5e-4, help="fine-tuning peak learning rate")
+  parser.add_argument("--seeds", default="0", help="fine-tuning seeds, comma-separated (default 0): the table "
+                      "has each run and, with several, their mean")
   parser.add_argument("--sampling-steps", type=int, default=25, help="video sampling steps (the demo's 25)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="[stage2] %(message)s")
@@ -151,12 +155,21 @@ def main(argv=None) -> int:
   mixed = real | {"generated": {"source": "latents", "root": str(work / "generated_train"),
                                 "eval_root": str(work / "generated_held_out"), "weight": 1.0}}
   runs = {"demo LaLRM (no fine-tuning)": weights / "lalrm"}
-  runs["fine-tuned on real latents"] = _finetune(work / "run_real", weights / "lalrm", real, args.steps,
-                                                 args.learning_rate)
-  runs["fine-tuned on real + generated"] = _finetune(work / "run_mixed", weights / "lalrm", mixed, args.steps,
-                                                     args.learning_rate)
+  seeds = [int(seed) for seed in args.seeds.split(",")]
+  for seed in seeds:
+    suffix = "" if seed == 0 else f"_seed{seed}"  # seed 0 keeps the first run's folders
+    runs[f"fine-tuned on real latents, seed {seed}"] = _finetune(
+        work / f"run_real{suffix}", weights / "lalrm", real, args.steps, args.learning_rate, seed)
+    runs[f"fine-tuned on real + generated, seed {seed}"] = _finetune(
+        work / f"run_mixed{suffix}", weights / "lalrm", mixed, args.steps, args.learning_rate, seed)
   held_out = {"generated": _held_out(work / "generated_held_out"), "real": _held_out(work / "real_held_out")}
   results = {name: _evaluate(model, held_out) for name, model in runs.items()}
+  if len(seeds) > 1:
+    for kind in ("real latents", "real + generated"):
+      rows = [row for name, row in results.items() if name.startswith(f"fine-tuned on {kind},")]
+      results[f"fine-tuned on {kind}, mean of {len(seeds)} seeds"] = {
+        split: {metric: sum(row[split][metric] for row in rows) / len(rows) for metric in ("psnr", "ssim")}
+        for split in ("generated", "real")}
   report = {"results": results, "args": vars(args), "data_seconds": data_seconds,
             "total_seconds": time.perf_counter() - started}
   (work / "results.json.tmp").write_text(json.dumps(report, indent=2) + "\n")
