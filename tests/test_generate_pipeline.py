@@ -135,3 +135,39 @@ def test_generate_poses_sfm_falls_back_when_the_video_does_not_register(tmp_path
   assert main(base + ["--poses", "sfm", "--out", str(tmp_path / "none")]) == 2
   assert "--poses sfm needs pycolmap: pip install 'wonderland_jax[sfm]'" in capsys.readouterr().err
 
+
+
+def test_one_call_pipeline_from_a_wonderland_folder_and_demo(tmp_path, converted, branch, lalrm, capsys):
+  from wonderland_jax.pipeline import WonderlandPipeline, fit_image, generate_scene  # noqa: PLC0415
+  folder = tmp_path / "wonderland"
+  folder.mkdir()
+  for name, target in (("pipeline", converted), ("branch", branch), ("lalrm", lalrm)):
+    (folder / name).symlink_to(target, target_is_directory=True)
+  pipe = WonderlandPipeline.from_pretrained(folder, dtype="float32", attention="xla")
+  image = np.zeros((20, 60, 3), np.uint8)  # any size: covered and centre-cropped to the model's 32 x 32
+  image[:, 20:40] = (255, 0, 0)
+  result = pipe(image, trajectory="orbit", prompt="a red door", num_frames=9, num_inference_steps=2, seed=3)
+  assert result.video.shape == (9, 32, 32, 3) and result.latents.shape == (1, 3, 8, 8, 4)
+  assert result.gaussians.num > 0 and len(result.cameras) == 9
+  cropped = fit_image(image.astype(np.float32) / 255, 32, 32)
+  assert cropped[:, 2:30, 0].min() > 0.99 and cropped[..., 1:].max() == 0  # only the red middle third: cropped,
+  # not squeezed (a plain resize to 32 x 32 would keep the black thirds)
+  cameras = make_trajectory("orbit", 9, width=32, height=32)
+  same, _ = generate_scene(pipe, cropped, cameras, "a red door", key=jax.random.key(3), num_inference_steps=2)
+  np.testing.assert_allclose(result.gaussians.means, same.means, rtol=1e-5, atol=1e-5)  # the same as the parts
+  names = result.save(tmp_path / "out")
+  assert set(names) <= set(path.name for path in (tmp_path / "out").iterdir()) and "video.mp4" in names
+  report = json.loads((tmp_path / "out" / "report.json").read_text())
+  assert report["inputs"]["seed"] == 3 and report["inputs"]["trajectory"] == "orbit"
+  with pytest.raises(Exception, match="neither a preset"):
+    pipe(image, trajectory="circle")
+
+  # `--model demo`: the shipped models, no --branch / --lalrm.
+  write_png(tmp_path / "in.png", np.random.default_rng(0).uniform(0, 1, (48, 40, 3)))
+  assert main(["generate", "--model", "demo", "--image", str(tmp_path / "in.png"), "--trajectory", "orbit",
+               "--frames", "9", "--steps", "2", "--guidance", "1", "--out", str(tmp_path / "demo_out")]) == 0
+  assert (tmp_path / "demo_out" / "scene.ply").is_file()
+  capsys.readouterr()
+  assert main(["generate", "--model", str(converted), "--image", str(tmp_path / "in.png"), "--trajectory", "orbit",
+               "--out", str(tmp_path / "no")]) == 2
+  assert "no branch/ beside it; give branch= (CLI: --branch)" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from wonderland_jax.io_utils import VIDEO_EXTENSIONS, read_image, write_png_sequ
 from wonderland_jax.outputs import Outputs, check_output_directory, check_output_file
 from wonderland_jax.parallel import compute
 from wonderland_jax.parallel.targets import TARGETS_HELP
-from wonderland_jax.splat import load_ply
+from wonderland_jax.splat import load_scene
 from wonderland_jax.splat.flythrough import fitted_trajectory, render_frames
 
 logger = logging.getLogger("wonderland_jax")
@@ -50,7 +50,7 @@ def _render(args: argparse.Namespace) -> None:
   with Outputs() as outputs:  # both checked before any rendering; both land or neither does
     video = None if args.out is None else outputs.file(args.out, flag="--out", suffixes=VIDEO_EXTENSIONS)
     pngs = None if args.png_dir is None else outputs.directory(args.png_dir, flag="--png-dir", manifest=False)
-    gaussians = load_ply(args.ply)
+    gaussians = load_scene(args.ply)
     width, height = args.size or (512, 512)
     if args.trajectory in PRESETS:
       parameters = dict(args.param or [])
@@ -110,7 +110,9 @@ def _write_video_outputs(staged: tuple, args: argparse.Namespace, latents, frame
 def _sample(args: argparse.Namespace) -> None:
   with Outputs() as outputs:
     staged = _video_outputs(outputs, args)
-    pipe, image = _load_with_image(args, lambda: VideoPipeline.load(args.model, compute=compute.from_args(args)))
+    from wonderland_jax.pipeline import pipeline_directory  # noqa: PLC0415
+    pipe, image = _load_with_image(args, lambda: VideoPipeline.load(pipeline_directory(args.model),
+                                                                    compute=compute.from_args(args)))
     pipe.check(args.frames, *image.shape[:2])
     latents, frames = pipe.generate(image, args.prompt, **_sampling_options(args, args.frames))
     _write_video_outputs(staged, args, latents, frames)
@@ -143,8 +145,10 @@ def _generate_video(args: argparse.Namespace) -> None:
   _check_trajectory(args.trajectory)
   with Outputs() as outputs:
     staged = _video_outputs(outputs, args)
+    from wonderland_jax.pipeline import resolve_model  # noqa: PLC0415
+    model, branch, _ = resolve_model(args.model, args.branch, need_lalrm=False)
     pipe, image = _load_with_image(
-        args, lambda: CameraVideoPipeline.load(args.model, args.branch, merge_lora=args.merge_lora,
+        args, lambda: CameraVideoPipeline.load(model, branch, merge_lora=args.merge_lora,
                                          compute=compute.from_args(args)))
     cameras = _video_trajectory(args, image.shape[1], image.shape[0])
     latents, frames = pipe.generate(image, args.prompt, cameras, **_sampling_options(args, len(cameras)))
@@ -152,14 +156,14 @@ def _generate_video(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-  from wonderland_jax.pipeline import WonderlandPipeline, generate_scene, save_generation  # noqa: PLC0415
+  from wonderland_jax.pipeline import WonderlandPipeline, generate_scene, resolve_model, save_generation  # noqa: PLC0415
   started = time.perf_counter()
   check_output_directory(args.out, args.overwrite)
   _check_trajectory(args.trajectory)
   PoseSource.parse(args.poses).check()  # pycolmap installed / the COLMAP model readable, before loading
   models, image = _load_with_image(
-      args, lambda: WonderlandPipeline.load(args.model, args.branch, args.lalrm, merge_lora=args.merge_lora,
-                                      compute=compute.from_args(args)))
+      args, lambda: WonderlandPipeline.load(*resolve_model(args.model, args.branch, args.lalrm),
+                                      merge_lora=args.merge_lora, compute=compute.from_args(args)))
   seconds = {"loading": time.perf_counter() - started}
   cameras = _video_trajectory(args, image.shape[1], image.shape[0])
   gaussians, extras = generate_scene(models, image, cameras, args.prompt, **_sampling_options(args, len(cameras)),
@@ -376,8 +380,9 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
 def _add_camera_flags(parser: argparse.ArgumentParser) -> None:
   """The flags of camera-guided generation (`generate-video`, `generate`)."""
-  parser.add_argument("--branch", required=True,
-                      help="the camera branch checkpoint (`<workdir>/model` of `wonderland train camera-dit`)")
+  parser.add_argument("--branch", default=None,
+                      help="the camera branch checkpoint (`<workdir>/model` of `wonderland train camera-dit`; "
+                           "default: branch/ of a --model folder with pipeline/, branch/, lalrm/ or of demo)")
   parser.add_argument("--trajectory", required=True,
                       help="a preset (" + ", ".join(PRESETS) + "; --fov, --param) or a pose file with one camera "
                            "per frame: RealEstate10K .txt, nerfstudio transforms.json, COLMAP model dir (.txt/.bin). "
@@ -403,7 +408,8 @@ def _add_video_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
   """The flags of every command that samples a video."""
-  parser.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`")
+  parser.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`, a folder "
+                      "with pipeline/, branch/, lalrm/, or `demo` (the shipped tiny models)")
   parser.add_argument("--image", required=True, help="the first frame (PNG/JPEG); resized to --size")
   parser.add_argument("--negative-prompt", default="")
   parser.add_argument("--size", type=flags.size, default=None, help="WIDTHxHEIGHT (default: the model's, 720x480)")
@@ -421,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
 
   render = commands.add_parser("render", help="render a .ply scene along a camera path to a video / PNGs")
-  render.add_argument("--ply", required=True, help="3DGS .ply file (Inria / gsplat / SuperSplat layout)")
+  render.add_argument("--ply", required=True, help="scene file: 3DGS .ply (Inria / gsplat / SuperSplat, also "
+                      "compressed) or antimatter15 .splat")
   render.add_argument("--trajectory", default="orbit",
                       help="a preset (orbit, dolly, zoom-out, pan-left, pan-right, spiral) or a pose file: "
                            "RealEstate10K .txt (needs --size), nerfstudio transforms.json, COLMAP model (.txt/.bin)")
@@ -457,8 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
       "generate", help="image + camera path -> 3D Gaussian scene: camera-guided video latents, then the LaLRM on "
                        "them (no decoding); writes scene.ply, flythrough.mp4, novel_orbit.mp4, latents.npz and "
                        "report.json into --out")
-  scene.add_argument("--lalrm", required=True, help="a trained LaLRM (`<workdir>/model` of `wonderland train lalrm`) "
-                                                    "that reads this pipeline's VAE latents")
+  scene.add_argument("--lalrm", default=None, help="a trained LaLRM (`<workdir>/model` of `wonderland train lalrm`) "
+                                                   "that reads this pipeline's VAE latents (default: lalrm/ of a "
+                                                   "--model folder or of demo)")
   _add_camera_flags(scene)
   _add_sampling_flags(scene)
   scene.add_argument("--decode-video", action="store_true", help="also decode the latents to video.mp4")

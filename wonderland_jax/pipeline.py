@@ -1,5 +1,13 @@
 """Wonderland end to end: one image and a camera path -> a 3D Gaussian scene (the paper's Fig. 2).
 
+    pipe = WonderlandPipeline.from_pretrained("demo")      # or a folder with pipeline/, branch/, lalrm/
+    result = pipe("photo.jpg", trajectory="orbit", prompt="a castle at dusk", num_inference_steps=50,
+                  guidance_scale=6.0, seed=0)
+    result.gaussians, result.video, result.latents          # splat.Gaussians, (F, H, W, 3), (1, t, h, w, C)
+    result.save("scene_out/")                               # what `wonderland generate` writes
+
+The lower-level calls, for your own cameras and stages:
+
     models = WonderlandPipeline.load("checkpoints/cogvideox-5b-i2v", "runs/camera_dit/model", "runs/lalrm/model")
     cameras = make_trajectory("orbit", 49, width=720, height=480)
     scene, extras = generate_scene(models, image, cameras, "a castle at dusk", key=jax.random.key(0))
@@ -88,10 +96,137 @@ class WonderlandPipeline:
     video = CameraVideoPipeline.load(model_directory, branch_directory, merge_lora=merge_lora, compute=compute)
     return cls(video, lalrm, *checkpoints.pose_normalization(lalrm_directory))
 
+  @classmethod
+  def from_pretrained(cls, path: str | os.PathLike = "demo", *, branch: str | os.PathLike | None = None,
+                      lalrm: str | os.PathLike | None = None, dtype: str = "auto", attention: str = "auto",
+                      mesh: str = "", merge_lora: bool = False) -> WonderlandPipeline:
+    """A ready pipeline: `path` is "demo" (the tiny models shipped in the package), a Wonderland folder holding
+    `pipeline/` (a converted CogVideoX pipeline), `branch/` and `lalrm/` (the layout `python -m
+    wonderland_jax.demo.build` writes), or a converted pipeline with `branch` and `lalrm` given. dtype
+    ('auto': bfloat16 on accelerators, float32 on CPU), attention and mesh (e.g. 'context=4,data=2') as the
+    CLI's --dtype / --attention / --mesh (`parallel.compute`)."""
+    model, branch, lalrm = resolve_model(path, branch, lalrm)
+    return cls.load(model, branch, lalrm, merge_lora=merge_lora,
+                    compute=Compute.create(dtype=dtype, attention=attention, mesh=mesh))
+
   @property
   def default_size(self) -> tuple[int, int]:
     """(height, width) in pixels the video model was trained at."""
     return self.video.default_size
+
+  def __call__(self, image, trajectory: str | os.PathLike | Camera = "orbit", prompt: str = "", *,
+               num_frames: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 6.0,
+               negative_prompt: str = "", seed: int = 0, fov_deg: float = 60.0, decode_video: bool = True,
+               poses: str = "conditioning") -> WonderlandResult:
+    """One image -> a 3D scene along `trajectory`.
+
+    image: a path (PNG / JPEG), a PIL image, or an (H, W, 3) array (uint8, or float in [0, 1]) of any size:
+      resized to cover the model's size and centre-cropped (diffusers' `resize_mode="crop"`; its default
+      resize would distort the aspect ratio).
+    trajectory: a preset name (`camera.PRESETS`: orbit, dolly, ...; `num_frames` cameras, default 49, at
+      `fov_deg`), a pose file (RealEstate10K .txt, transforms.json, a COLMAP model: one camera per frame), or a
+      `Camera` batch. Re-based on the first camera and normalised as in training.
+    seed: the sampling noise. decode_video: also decode the video (`result.video`; else None). poses: as
+      `generate_scene`'s. The other keywords as `generate_scene`'s."""
+    from wonderland_jax.camera import PRESETS, make_trajectory, read_pose_file  # noqa: PLC0415
+    height, width = self.default_size
+    started = time.perf_counter()
+    pixels = fit_image(_as_image(image), height, width)
+    if isinstance(trajectory, Camera):
+      cameras = trajectory.resized(width, height) if (trajectory.width, trajectory.height) != (width, height) \
+          else trajectory
+    elif isinstance(trajectory, str) and trajectory in PRESETS:
+      cameras = make_trajectory(trajectory, num_frames or 49, width=width, height=height, fov_deg=fov_deg)
+    elif Path(trajectory).exists():
+      cameras = read_pose_file(trajectory, width, height).cameras
+    else:
+      raise InputFileError(f"trajectory {trajectory!r} is neither a preset ({', '.join(PRESETS)}) nor an "
+                           "existing pose file")
+    gaussians, extras = generate_scene(self, pixels, cameras, prompt, key=jax.random.key(seed),
+                                       negative_prompt=negative_prompt, num_frames=num_frames,
+                                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                       decode_video=decode_video, poses=poses)
+    inputs = dict(trajectory=str(trajectory) if not isinstance(trajectory, Camera) else "cameras", prompt=prompt,
+                  negative_prompt=negative_prompt, num_frames=len(cameras), steps=num_inference_steps,
+                  guidance=guidance_scale, seed=seed, size=[width, height], poses=str(poses))
+    return WonderlandResult(gaussians, extras["frames"], extras["latents"], extras["cameras"], extras, inputs,
+                            started)
+
+
+@dataclasses.dataclass
+class WonderlandResult:
+  """What `WonderlandPipeline.__call__` made: `gaussians` (first camera's frame), `video` (F, H, W, 3) in [0, 1]
+  or None, `latents` (1, t, h, w, C) scaled, `cameras` (the reconstruction cameras, re-based), `extras`
+  (`generate_scene`'s), `inputs` (the call's settings, recorded in report.json)."""
+
+  gaussians: Gaussians
+  video: np.ndarray | None
+  latents: jax.Array
+  cameras: Camera
+  extras: dict[str, Any]
+  inputs: dict[str, Any]
+  started: float
+
+  def save(self, out: str | os.PathLike, *, overwrite: bool = False, fps: float = 8.0) -> tuple[str, ...]:
+    """Writes what `wonderland generate` writes into `out` (whole or not at all; an existing non-empty `out` is
+    replaced only with overwrite): scene.ply, flythrough.mp4, novel_orbit.mp4, latents.npz, report.json and
+    video.mp4 when decoded. Returns the file names."""
+    from wonderland_jax.outputs import check_output_directory  # noqa: PLC0415
+    check_output_directory(out, overwrite)
+    return save_generation(out, self.gaussians, self.extras, inputs=self.inputs, seconds=self.extras["seconds"],
+                           started=self.started, fps=fps)
+
+
+def resolve_model(path: str | os.PathLike, branch=None, lalrm=None, *,
+                  need_lalrm: bool = True) -> tuple[Path, Path, Path | None]:
+  """(converted pipeline, branch, LaLRM) of `path`: "demo" (the shipped weights), a Wonderland folder
+  (`pipeline/`, `branch/`, `lalrm/`; given branch / lalrm win), or a converted pipeline (branch and lalrm as
+  given). A missing branch (or LaLRM, with need_lalrm) is an InputFileError naming the flag."""
+  path = wonderland_folder(path)
+  if (path / "pipeline").is_dir():
+    branch = branch if branch is not None else (path / "branch" if (path / "branch").is_dir() else None)
+    lalrm = lalrm if lalrm is not None else (path / "lalrm" if (path / "lalrm").is_dir() else None)
+    path = path / "pipeline"
+  if branch is None or (lalrm is None and need_lalrm):
+    missing = "branch" if branch is None else "lalrm"
+    raise InputFileError(f"{path}: no {missing}/ beside it; give {missing}= (CLI: --{missing}), or a folder "
+                         "with pipeline/, branch/ and lalrm/ (or `demo`)")
+  return path, Path(branch), None if lalrm is None else Path(lalrm)
+
+
+def wonderland_folder(path: str | os.PathLike) -> Path:
+  """`path`, with "demo" standing for the shipped weights' folder."""
+  if str(path) == "demo":
+    from wonderland_jax.demo import weights_directory  # noqa: PLC0415
+    return weights_directory()
+  return Path(path)
+
+
+def pipeline_directory(path: str | os.PathLike) -> Path:
+  """The converted CogVideoX pipeline of `path`: itself, or the `pipeline/` of a Wonderland folder or demo."""
+  path = wonderland_folder(path)
+  return path / "pipeline" if (path / "pipeline").is_dir() else path
+
+
+def _as_image(image) -> np.ndarray:
+  """A path, PIL image or array -> (H, W, 3) float32 in [0, 1]."""
+  from wonderland_jax.io_utils import read_image  # noqa: PLC0415
+  if isinstance(image, (str, os.PathLike)):
+    return read_image(image)
+  array = np.asarray(image)
+  if array.ndim != 3 or array.shape[-1] not in (3, 4):
+    raise InputFileError(f"image: expected (H, W, 3), got shape {array.shape}")
+  array = array[..., :3]
+  return (array.astype(np.float32) / 255.0) if array.dtype == np.uint8 else array.astype(np.float32)
+
+
+def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(h, w, 3) -> (height, width, 3): resized (bilinear, antialiased) to cover the size, then centre-cropped."""
+  from wonderland_jax.diffusion.pipeline import resize_image  # noqa: PLC0415
+  scale = max(height / image.shape[0], width / image.shape[1])
+  covered = resize_image(image, max(height, round(image.shape[0] * scale)), max(width, round(image.shape[1] * scale)))
+  top, left = (covered.shape[0] - height) // 2, (covered.shape[1] - width) // 2
+  return np.clip(np.asarray(covered[top:top + height, left:left + width], np.float32), 0.0, 1.0)
 
 
 def _run_stage(name: str, seconds: dict[str, float], function: Callable[[], Any]) -> Any:
