@@ -8,7 +8,8 @@ from tests.helpers import splat_reference as reference
 from tests.helpers.gaussians import to_gaussians
 from wonderland_jax.camera import PoseSequence, make_trajectory, write_realestate10k
 from wonderland_jax.cli import main
-from wonderland_jax.splat import save_ply
+from wonderland_jax.splat import load_ply, save_ply
+from wonderland_jax.splat.formats import SPLAT_RECORD
 
 
 @pytest.fixture
@@ -39,6 +40,24 @@ def test_render_along_a_pose_file(tmp_path, scene_ply):
                "--png-dir", str(pngs)]) == 0
   assert len(list(pngs.iterdir())) == 4
   assert iio.imread(pngs / "frame_00000.png").shape == (16, 20, 3)
+
+
+def test_render_reads_splat_files_and_names_unsupported_formats(tmp_path, scene_ply, capsys):
+  g = load_ply(scene_ply)
+  records = np.zeros(g.num, SPLAT_RECORD)
+  records["position"], records["scale"] = g.means, g.scales
+  records["rgba"] = np.clip(np.concatenate([g.colors, g.opacities[:, None]], 1) * 255, 0, 255)
+  records["rotation"] = np.clip(g.quats / np.linalg.norm(g.quats, axis=1, keepdims=True) * 128 + 128, 0, 255)
+  splat = tmp_path / "scene.splat"
+  splat.write_bytes(records.tobytes())
+  pngs = tmp_path / "frames"
+  assert main(["render", "--ply", str(splat), "--frames", "2", "--size", "16x12", "--png-dir", str(pngs)]) == 0
+  assert iio.imread(pngs / "frame_00000.png").std() > 1
+  spz = tmp_path / "scene.spz"
+  spz.write_bytes(b"\x1f\x8b")
+  assert main(["render", "--ply", str(spz), "--png-dir", str(tmp_path / "never")]) == 2
+  err = capsys.readouterr().err
+  assert "scene.spz" in err and "not supported" in err and "splat-transform scene.spz scene.ply" in err
 
 
 def test_render_errors_name_the_culprit_and_leave_nothing(tmp_path, scene_ply, capsys):

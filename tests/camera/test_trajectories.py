@@ -89,6 +89,32 @@ def test_orbit_keeps_looking_at_target_at_constant_distance():
   assert np.dot(c2w[1, :3, 3] - START[:3, 3], START[:3, 0]) > 0
 
 
+@pytest.mark.parametrize("degrees", [360.0, -360.0])
+def test_full_turn_orbit_and_pan_do_not_repeat_the_first_frame(degrees):
+  num = 8
+  cameras = orbit(num, radius=2.5, degrees=degrees, start_c2w=START, **OPTIONS)
+  c2w = c2w_of(cameras)
+  np.testing.assert_allclose(c2w[0], START, atol=1e-5)
+  target = START[:3, 3] + 2.5 * START[:3, 2]
+  np.testing.assert_allclose(project(cameras, target), np.tile([31.0, 17.0], (num, 1)), atol=1e-3)
+  # Evenly spaced around the whole circle, the step from the last frame back to the first included: looping
+  # the video shows every pose once.
+  offsets = c2w[:, :3, 3] - target
+  steps = [angle_deg(offsets[i], offsets[(i + 1) % num]) for i in range(num)]
+  np.testing.assert_allclose(steps, 360.0 / num, atol=1e-3)
+  distances = np.linalg.norm(c2w[:, None, :3, 3] - c2w[None, :, :3, 3], axis=-1)
+  assert distances[~np.eye(num, dtype=bool)].min() > 0.5, "all frames distinct"
+  assert np.dot(c2w[1, :3, 3] - START[:3, 3], START[:3, 0]) * degrees > 0  # the sign still picks the side
+  for direction in ("left", "right"):
+    views = c2w_of(pan(num, degrees=abs(degrees), direction=direction, start_c2w=START, **OPTIONS))[:, :3, 2]
+    steps = [angle_deg(views[i], views[(i + 1) % num]) for i in range(num)]
+    np.testing.assert_allclose(steps, 360.0 / num, atol=1e-3)
+  # A partial turn still ends on its end pose; a single frame is the start pose.
+  almost = c2w_of(orbit(5, degrees=359.0))
+  assert angle_deg(almost[0, :3, 2], almost[-1, :3, 2]) == pytest.approx(1.0, abs=1e-3)
+  np.testing.assert_allclose(c2w_of(orbit(1, degrees=degrees, start_c2w=START))[0], START, atol=1e-5)
+
+
 def test_dolly_and_zoom_out_translate_along_the_viewing_axis():
   for preset, sign in ((dolly, 1.0), (zoom_out, -1.0)):
     c2w = c2w_of(preset(5, distance=1.5, start_c2w=START, **OPTIONS))

@@ -4,7 +4,10 @@ Every preset returns a batched `Camera` of `num_frames` cameras (float32). Motio
 start camera's own OpenCV frame (x right, y down, z forward) and applied on the right of `start_c2w`:
 c2w_i = start_c2w @ motion_i with motion_0 = identity, so frame 0 is exactly the start pose and
 "forward", "right" and "vertical" always mean the start camera's axes, whatever its world pose.
-Progress along a trajectory is linear in the frame index: t_i = i / (num_frames - 1).
+Progress along a trajectory is linear in the frame index: t_i = i / (num_frames - 1), so the last frame is
+the end pose; except for closed loops (orbit and pan by a non-zero multiple of 360 degrees), where
+t_i = i / num_frames: the end pose is the start pose, so it is left out and a looping video does not show
+the first frame twice.
 
 Keyword options shared by all presets (CAMERA_OPTIONS): `start_c2w` (4, 4) OpenCV camera->world
 (default identity); `K` (3, 3) pixels, or leave it None and give `fov_deg`, the horizontal field of view
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -65,10 +69,11 @@ def orbit(num_frames: int, *, radius: float = 2.0, degrees: float = 60.0, **came
   """Orbit about the vertical axis through a target `radius` ahead of the start camera.
 
   The camera keeps looking at the target (which stays at the principal point) and its distance to the
-  target stays `radius`. `degrees` is the total angle; positive moves the camera to its right (+x).
+  target stays `radius`. `degrees` is the total angle; positive moves the camera to its right (+x). A full
+  loop (a multiple of 360) has `num_frames` evenly spaced distinct frames, the start pose not repeated.
   """
   target = np.array([0.0, 0.0, radius])
-  angles = np.deg2rad(degrees) * _progress(num_frames)
+  angles = np.deg2rad(degrees) * _progress(num_frames, loop=_is_full_turn(degrees))
   motions = _translation(target) @ _rotation_about_y(-angles) @ _translation(-target)
   return _cameras(motions, **camera_options)
 
@@ -88,11 +93,13 @@ def pan(num_frames: int, *, degrees: float = 45.0, direction: str = "right", **c
   """Rotate in place about the start camera's vertical (y) axis by `degrees`, towards `direction`.
 
   direction: 'right' turns the viewing direction towards the start camera's +x, 'left' towards -x.
+  A full turn (a multiple of 360 degrees) does not repeat the start pose (see `orbit`).
   """
   if direction not in ("left", "right"):
     raise WonderlandError(f"pan: direction must be 'left' or 'right', got {direction!r}")
   signed = degrees if direction == "right" else -degrees
-  return _cameras(_rotation_about_y(np.deg2rad(signed) * _progress(num_frames)), **camera_options)
+  angles = np.deg2rad(signed) * _progress(num_frames, loop=_is_full_turn(degrees))
+  return _cameras(_rotation_about_y(angles), **camera_options)
 
 
 def spiral(num_frames: int, *, radius: float = 0.2, num_rotations: float = 1.0, distance: float = 1.0,
@@ -163,11 +170,17 @@ def _cameras(motions: np.ndarray, start_c2w=None, K=None, width: int = DEFAULT_W
   return Camera.from_fov(c2w, width, height, fov_x_deg=DEFAULT_FOV_DEG if fov_deg is None else fov_deg)
 
 
-def _progress(num_frames: int) -> np.ndarray:
-  """(F,) t_i = i / (F - 1), the fraction of the motion done at frame i ([0.] for a single frame)."""
+def _progress(num_frames: int, loop: bool = False) -> np.ndarray:
+  """(F,) the fraction of the motion done at frame i: t_i = i / (F - 1) ([0.] for a single frame), or for a
+  closed `loop`, whose end is its start, t_i = i / F (the end left out)."""
   if int(num_frames) != num_frames or num_frames < 1:
     raise WonderlandError(f"num_frames must be a positive integer, got {num_frames!r}")
-  return np.linspace(0.0, 1.0, int(num_frames))
+  return np.linspace(0.0, 1.0, int(num_frames), endpoint=not loop)
+
+
+def _is_full_turn(degrees: float) -> bool:
+  """Whether a rotation by `degrees` ends where it starts: a non-zero multiple of 360."""
+  return degrees != 0 and abs(math.remainder(degrees, 360.0)) < 1e-9
 
 
 def _translation(offsets: np.ndarray) -> np.ndarray:

@@ -15,6 +15,22 @@ Stored values versus `Gaussians` fields:
   opacity:   logit(opacities), with opacities first clipped to [1e-6, 1 - 1e-6] so it is finite.
   scale_j:   log(scales), with scales first clipped to >= 1e-12.
   rot_0..3:  quats in wxyz order (rot_0 = w), stored as given (not normalised).
+
+`load_ply` also reads the compressed .ply of PlayCanvas SuperSplat / splat-transform (recognised by its
+`packed_*` vertex properties), binary little-endian, 16 bytes a Gaussian plus optional uint8 SH:
+
+  element chunk ceil(N / 256): float32 min_x min_y min_z max_x max_y max_z, min_scale_x..z, max_scale_x..z
+             (log scales), and optionally min_r min_g min_b max_r max_g max_b (colours 0.5 + SH_C0 * f_dc);
+             Gaussian i belongs to chunk i // 256 and each quantity is lerp(min, max, t) of an unorm t.
+  element vertex N: uint32 packed_position, packed_rotation, packed_scale, packed_color.
+    packed_position, packed_scale: 11-10-11 bits, x in bits 21..31, y in 11..20, z in 0..10.
+    packed_color: 8-8-8-8 bits, r in 24..31, g, b, then the opacity (not a logit, not lerped) in 0..7;
+      r, g, b are the colours themselves when the chunk has no min_r.. properties.
+    packed_rotation: "smallest three" of the normalised (rot_0..rot_3) with its largest component made
+      positive: that component's index in bits 30..31, the other three in index order in bits 20..29,
+      10..19 and 0..9, each as the 10-bit unorm of q / sqrt(2) + 0.5; the largest is sqrt(1 - sum q^2).
+  element sh N (optional): uchar f_rest_0 .. f_rest_{3K-1} (channel-major as above), the unorm
+      (0 -> 0, 255 -> 1, else (v + 0.5) / 256) of f_rest / 8 + 0.5.
 """
 
 from __future__ import annotations
@@ -42,6 +58,8 @@ MIN_SCALE = 1e-12
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 _F_REST = re.compile(r"f_rest_(\d+)")
+_PACKED = ("packed_position", "packed_rotation", "packed_scale", "packed_color")
+CHUNK_SIZE = 256  # Gaussians a chunk of the compressed layout
 
 
 def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
@@ -79,7 +97,8 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> None:
 
 
 def load_ply(path: str | os.PathLike) -> Gaussians:
-  """Reads a 3DGS .ply file into float32 `Gaussians` (the inverse of `save_ply`).
+  """Reads a 3DGS .ply file, or a SuperSplat compressed .ply, into float32 `Gaussians` (the inverse of
+  `save_ply`; see the module docstring for both layouts).
 
   Accepts ascii or binary files, any property order and any numeric property types; properties
   other than those listed in the module docstring (normals, SuperSplat extras, ...) are ignored.
@@ -91,12 +110,30 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
   if not path.is_file():
     raise InputFileError(f"{path}: .ply file not found")
   try:
+    with open(path, "rb") as f:
+      magic = f.read(4)
+  except OSError as e:
+    raise InputFileError(f"{path}: cannot read the file: {e}") from e
+  if magic[:3] != b"ply" or magic[3:] not in (b"\n", b"\r"):
+    hint = "" if path.suffix.lower() == ".ply" else "; splat.load_scene reads .splat and names other formats"
+    raise InputFileError(f"{path}: not a .ply file (it does not begin with the line 'ply'){hint}")
+  try:
     data = plyfile.PlyData.read(str(path))
   except (plyfile.PlyParseError, ValueError, EOFError, OSError) as e:
     raise InputFileError(f"{path}: not a readable .ply file: {e}") from e
   if "vertex" not in data:
     raise InputFileError(f"{path}: .ply file has no 'vertex' element")
-  vertex = data["vertex"]
+  names = [p.name for p in data["vertex"].properties]
+  compressed = any(name in names for name in _PACKED)
+  gaussians = _decompress(data, path) if compressed else _read_standard(data["vertex"], path)
+  try:
+    return gaussians.check_values(str(path))
+  except WonderlandError as error:
+    raise InputFileError(str(error)) from None
+
+
+def _read_standard(vertex: plyfile.PlyElement, path: Path) -> Gaussians:
+  """The `Gaussians` of a `vertex` element in the 3DGS layout."""
   names = [p.name for p in vertex.properties]
   missing = [name for name in _REQUIRED if name not in names]
   if missing:
@@ -115,7 +152,7 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
   sh = None
   if k:
     sh = jnp.asarray(stack([name for _, name in rest]).reshape(n, 3, k).transpose(0, 2, 1), jnp.float32)
-  gaussians = Gaussians(
+  return Gaussians(
     means=jnp.asarray(stack(["x", "y", "z"]), jnp.float32),
     quats=jnp.asarray(stack(["rot_0", "rot_1", "rot_2", "rot_3"]), jnp.float32),
     scales=jnp.asarray(np.maximum(np.exp(stack(["scale_0", "scale_1", "scale_2"])), MIN_SCALE), jnp.float32),
@@ -123,7 +160,82 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
     colors=jnp.asarray(0.5 + SH_C0 * stack(["f_dc_0", "f_dc_1", "f_dc_2"]), jnp.float32),
     sh=sh,
   )
-  try:
-    return gaussians.check_values(str(path))
-  except WonderlandError as error:
-    raise InputFileError(str(error)) from None
+
+
+def _decompress(data: plyfile.PlyData, path: Path) -> Gaussians:
+  """The `Gaussians` of a SuperSplat compressed .ply (`chunk`, `vertex` with `packed_*`, optional `sh`)."""
+  vertex = data["vertex"]
+  vertex_names = {p.name for p in vertex.properties}
+  missing = [name for name in _PACKED if name not in vertex_names]
+  if missing:
+    raise InputFileError(f"{path}: compressed .ply vertex element lacks the properties {', '.join(missing)}")
+  not_integer = [name for name in _PACKED if vertex[name].dtype.kind not in "iu"]
+  if not_integer:
+    raise InputFileError(f"{path}: compressed .ply properties {', '.join(not_integer)} must be uint32")
+  if "chunk" not in data:
+    raise InputFileError(f"{path}: compressed .ply (packed_* properties) has no 'chunk' element")
+  chunk = data["chunk"]
+  chunk_names = {p.name for p in chunk.properties}
+  n = vertex.count
+  if chunk.count != -(-n // CHUNK_SIZE):
+    raise InputFileError(f"{path}: compressed .ply has {chunk.count} chunks for {n} Gaussians, expected "
+                         f"{-(-n // CHUNK_SIZE)} (one per {CHUNK_SIZE})")
+  has_colour_range = any(f"{end}_{c}" in chunk_names for end in ("min", "max") for c in "rgb")  # all or none
+  quantities = ["x", "y", "z", "scale_x", "scale_y", "scale_z"] + (["r", "g", "b"] if has_colour_range else [])
+  missing = [f"{end}_{q}" for q in quantities for end in ("min", "max") if f"{end}_{q}" not in chunk_names]
+  if missing:
+    raise InputFileError(f"{path}: compressed .ply chunk element lacks the properties {', '.join(missing)}")
+  of_chunk = np.arange(n) // CHUNK_SIZE
+
+  def lerp(names: tuple[str, ...], t: np.ndarray) -> np.ndarray:
+    low = np.stack([np.asarray(chunk[f"min_{q}"], np.float64)[of_chunk] for q in names], 1)
+    high = np.stack([np.asarray(chunk[f"max_{q}"], np.float64)[of_chunk] for q in names], 1)
+    return low * (1.0 - t) + high * t
+
+  packed = {name: np.asarray(vertex[name]).astype(np.uint32) for name in _PACKED}
+  rgba = _unpack_unorms(packed["packed_color"], (8, 8, 8, 8))
+  colors = lerp(("r", "g", "b"), rgba[:, :3]) if has_colour_range else rgba[:, :3]
+  log_scales = lerp(("scale_x", "scale_y", "scale_z"), _unpack_unorms(packed["packed_scale"], (11, 10, 11)))
+  return Gaussians(
+    means=jnp.asarray(lerp(("x", "y", "z"), _unpack_unorms(packed["packed_position"], (11, 10, 11))), jnp.float32),
+    quats=jnp.asarray(_unpack_smallest_three(packed["packed_rotation"]), jnp.float32),
+    scales=jnp.asarray(np.maximum(np.exp(log_scales), MIN_SCALE), jnp.float32),
+    opacities=jnp.asarray(rgba[:, 3], jnp.float32),
+    colors=jnp.asarray(colors, jnp.float32),
+    sh=_compressed_sh(data, n, path),
+  )
+
+
+def _unpack_unorms(packed: np.ndarray, bits: tuple[int, ...]) -> np.ndarray:
+  """(N,) uint32 -> (N, len(bits)) float64 in [0, 1]: fields of the given widths, the first in the top bits."""
+  fields, shift = [], sum(bits)
+  for width in bits:
+    shift -= width
+    fields.append(((packed >> np.uint32(shift)) & np.uint32((1 << width) - 1)) / ((1 << width) - 1))
+  return np.stack(fields, 1)
+
+
+def _unpack_smallest_three(packed: np.ndarray) -> np.ndarray:
+  """(N,) uint32 2-10-10-10 "smallest three" quaternions -> (N, 4) unit quaternions in the file's order."""
+  smallest = (_unpack_unorms(packed, (2, 10, 10, 10))[:, 1:] - 0.5) * np.sqrt(2.0)
+  largest = np.sqrt(np.maximum(0.0, 1.0 - (smallest**2).sum(1)))
+  is_largest = np.arange(4) == (packed >> np.uint32(30)).astype(np.int64)[:, None]  # (N, 4)
+  quats = np.empty((packed.shape[0], 4))
+  quats[is_largest] = largest
+  quats[~is_largest] = smallest.reshape(-1)  # row by row, the three others in index order
+  return quats
+
+
+def _compressed_sh(data: plyfile.PlyData, n: int, path: Path) -> jax.Array | None:
+  """(N, K, 3) `sh` from the optional uint8 `sh` element of a compressed .ply, or None without one."""
+  if "sh" not in data:
+    return None
+  element = data["sh"]
+  names = [p.name for p in element.properties]
+  if element.count != n or len(names) not in (9, 24, 45) or names != [f"f_rest_{i}" for i in range(len(names))]:
+    raise InputFileError(f"{path}: compressed .ply sh element must have {n} rows of f_rest_0..f_rest_{{n-1}} "
+                         f"with n in (9, 24, 45), got {element.count} rows of {names}")
+  quantised = np.stack([np.asarray(element[name], np.float64) for name in names], 1)
+  unorm = np.where(quantised <= 0, 0.0, np.where(quantised >= 255, 1.0, (quantised + 0.5) / 256))
+  k = len(names) // 3
+  return jnp.asarray(((unorm - 0.5) * 8.0).reshape(n, 3, k).transpose(0, 2, 1), jnp.float32)
