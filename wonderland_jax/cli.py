@@ -411,19 +411,28 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--model", required=True, help="directory made by `wonderland convert cogvideox`, a folder "
                       "with pipeline/, branch/, lalrm/, or `demo` (the shipped tiny models)")
   parser.add_argument("--image", required=True, help="the first frame (PNG/JPEG); resized to --size")
-  parser.add_argument("--negative-prompt", default="")
+  parser.add_argument("--negative-prompt", default="", help="what the guidance steers away from (default empty)")
   parser.add_argument("--size", type=flags.size, default=None, help="WIDTHxHEIGHT (default: the model's, 720x480)")
   parser.add_argument("--steps", type=flags.positive_int, default=50, help="sampling steps")
   parser.add_argument("--guidance", type=flags.finite, default=6.0, help="classifier-free guidance scale (1 = off)")
   parser.add_argument("--dynamic-cfg", action="store_true", help="the pipeline's cosine-shaped dynamic guidance")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--fps", type=flags.positive, default=8.0)
+  parser.add_argument("--seed", type=int, default=0, help="seeds the sampling noise")
+  parser.add_argument("--fps", type=flags.positive, default=8.0, help="frame rate of the written videos")
   compute.add_flags(parser)
+
+
+def _version() -> str:
+  from importlib import metadata  # noqa: PLC0415
+  try:
+    return metadata.version("wonderland_jax")
+  except metadata.PackageNotFoundError:  # run from a source tree without installing
+    return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="wonderland", description=__doc__.split("\n\n")[0])
   parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+  parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
   commands = parser.add_subparsers(dest="command", required=True)
 
   render = commands.add_parser("render", help="render a .ply scene along a camera path to a video / PNGs")
@@ -442,13 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
   render.add_argument("--param", type=flags.parameter, action="append", metavar="KEY=VALUE",
                       help="preset parameter, repeatable (e.g. degrees=180, radius=2, distance=1)")
   render.add_argument("--background", type=flags.color, default=None, help="background colour, e.g. 1,1,1")
-  render.add_argument("--fps", type=flags.positive, default=24.0)
+  render.add_argument("--fps", type=flags.positive, default=24.0, help="frame rate of the video")
   render.add_argument("--out", default=None, help="output video (.mp4 or .gif)")
   render.add_argument("--png-dir", default=None, help="output directory of frame_00000.png, ...")
   render.set_defaults(run=_render)
 
   sample = commands.add_parser("sample", help="image-to-video with a converted CogVideoX pipeline")
-  sample.add_argument("--prompt", required=True)
+  sample.add_argument("--prompt", required=True, help="text prompt")
   sample.add_argument("--frames", type=flags.positive_int, default=DEFAULT_VIDEO_FRAMES, help="video frames, 1 + 4k")
   _add_video_flags(sample)
   sample.set_defaults(run=_sample)
@@ -622,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   recon = commands.add_parser("reconstruct", help="a video and its cameras -> a 3D Gaussian scene (.ply) with a "
                                                   "trained LaLRM")
-  recon.add_argument("--model", required=True, help="a trained LaLRM (<workdir>/model)")
+  recon.add_argument("--lalrm", "--model", dest="model", required=True,
+                     help="a trained LaLRM (<workdir>/model), as `generate --lalrm` (--model: the old name)")
   recon.add_argument("--vae", default=None, help="the VAE it was trained with (default: <model>/../vae, else the "
                                                  "training config's vae.checkpoint)")
   recon.add_argument("--video", required=True, help="a video file or a directory of frames (1 + 4k frames)")
@@ -631,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
   recon.add_argument("--size", type=flags.size, default=None, help="resize frames to WIDTHxHEIGHT first")
   recon.add_argument("--out", required=True, help="output .ply")
   recon.add_argument("--render", default=None, help="also render the input camera path to this video")
-  recon.add_argument("--fps", type=flags.positive, default=8.0)
+  recon.add_argument("--fps", type=flags.positive, default=8.0, help="frame rate of --render")
   recon.set_defaults(run=_reconstruct)
   return parser
 
@@ -641,8 +651,26 @@ EXIT_INTERRUPTED = 130  # saved and stopped for Ctrl-C
 MESSAGE_LINES = 2  # an error is at most this many lines (without -v)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+  """Help that shows each flag's default, unless its text already says it or there is none to show."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    default = action.default
+    nothing = default is None or default is False or default is argparse.SUPPRESS or default == ""
+    if ("default" in text or nothing or not action.option_strings
+        or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+      return text
+    return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-  """argparse with one-line errors: 'wonderland CMD: error: MESSAGE (see wonderland CMD --help)', exit 2."""
+  """argparse with one-line errors: 'wonderland CMD: error: MESSAGE (see wonderland CMD --help)', exit 2; help
+  shows the defaults."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", _DefaultsFormatter)
+    super().__init__(*args, **kwargs)
 
   def error(self, message: str):
     self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

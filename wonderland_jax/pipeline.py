@@ -196,9 +196,11 @@ def resolve_model(path: str | os.PathLike, branch=None, lalrm=None, *,
 
 def wonderland_folder(path: str | os.PathLike) -> Path:
   """`path`, with "demo" standing for the shipped weights' folder."""
-  if str(path) == "demo":
-    from wonderland_jax.demo import weights_directory  # noqa: PLC0415
-    return weights_directory()
+  if str(path) == "demo":  # the demo's weights (demo.weights_directory; not imported: the demo imports this)
+    weights = Path(__file__).resolve().parent / "demo" / "weights"
+    if not (weights / "MANIFEST.json").is_file():
+      raise InputFileError(f"{weights}: the demo weights are missing (no MANIFEST.json)")
+    return weights
   return Path(path)
 
 

@@ -9,8 +9,7 @@ import pytest
 from wonderland_jax.camera import PoseSequence, make_trajectory
 from wonderland_jax.camera.io import write_realestate10k
 from wonderland_jax.cli import main
-from wonderland_jax.data import LatentCache, make_train_iterator
-from wonderland_jax.data import generated
+from wonderland_jax.data import LatentCache, generated, make_train_iterator
 from wonderland_jax.io_utils import write_png
 
 

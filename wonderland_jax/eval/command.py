@@ -50,7 +50,8 @@ def add_parser(commands, run_command) -> None:
   kinds = evaluation.add_subparsers(dest="kind", required=True)
   for kind in ("video", "scene"):
     parser = kinds.add_parser(kind, help=f"evaluate {kind} generation")
-    parser.add_argument("--data", required=True, help="dataset folder (layouts: docs/data.md)")
+    parser.add_argument("--data", required=True,
+                        help="dataset folder (layouts and how to prepare the public datasets: docs/data.md)")
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="dataset layout (RealEstate10K / ACID pose files, DL3DV transforms.json, COLMAP "
                              "scenes such as Tanks and Temples)")
@@ -72,11 +73,11 @@ def add_parser(commands, run_command) -> None:
                                "<root>/<clip id>/ per clip (a clip without one uses the conditioning cameras, with "
                                "a warning); the renders are always at the ground-truth cameras (default: "
                                "%(default)s)")
-    parser.add_argument("--prompt", default="")
-    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--prompt", default="", help="text prompt of every clip (default empty)")
+    parser.add_argument("--negative-prompt", default="", help="what the guidance steers away from (default empty)")
     parser.add_argument("--steps", type=flags.positive_int, default=50, help="sampling steps")
     parser.add_argument("--guidance", type=flags.finite, default=6.0, help="classifier-free guidance scale")
-    parser.add_argument("--dynamic-cfg", action="store_true")
+    parser.add_argument("--dynamic-cfg", action="store_true", help="the pipeline's cosine-shaped dynamic guidance")
     parser.add_argument("--merge-lora", action="store_true", help="fold the LoRA adapters into the base kernels")
     parser.add_argument("--lpips-vgg", default=None, help="torchvision vgg16-397923af.pth (LPIPS backbone)")
     parser.add_argument("--lpips-heads", default=None, help="the lpips package's weights/v0.1/vgg.pth")

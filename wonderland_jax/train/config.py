@@ -20,7 +20,9 @@ from ml_collections.config_dict import placeholder
 
 from wonderland_jax.errors import WonderlandError
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # a source checkout's configs/
+# The configs inside the package (wonderland_jax/configs: a link to configs/ in a checkout, a copy in a wheel).
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 # The tiny configs' models: a CogVideoX VAE (8x space, 4x time, 16 channels) for 32x32 clips, and a random 4-block
@@ -85,10 +87,12 @@ def resolve_config_path(name_or_path: str) -> Path:
   path = Path(name_or_path)
   if path.is_file():
     return path
-  candidate = REPO_CONFIGS / f"{name_or_path.removesuffix('.py')}.py"
-  if not path.suffix and candidate.is_file():
-    return candidate
-  known = sorted(p.stem for p in REPO_CONFIGS.glob("*.py")) if REPO_CONFIGS.is_dir() else []
+  folders = [folder for folder in (REPO_CONFIGS, PACKAGE_CONFIGS) if folder.is_dir()]
+  for folder in folders:
+    candidate = folder / f"{name_or_path.removesuffix('.py')}.py"
+    if not path.suffix and candidate.is_file():
+      return candidate
+  known = sorted(p.stem for p in folders[0].glob("*.py")) if folders else []
   raise WonderlandError(f"--config {name_or_path}: no such file" + (f" (known names: {', '.join(known)})" if known
                                                                     else ""))
 
