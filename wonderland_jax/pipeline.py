@@ -32,6 +32,7 @@ for a meaningful scene, trained on latents of the same VAE (not checkable from t
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import resource
@@ -50,6 +51,7 @@ from wonderland_jax.camera.poses import DEFAULT_SCALE_FLOOR
 from wonderland_jax.camera.sfm import PoseSource, rebased_cameras, reconstruction_cameras
 from wonderland_jax.convert.pipeline import read_pipeline
 from wonderland_jax.diffusion.camera_pipeline import CameraVideoPipeline
+from wonderland_jax.diffusion.pipeline import is_diffusers_pipeline
 from wonderland_jax.errors import InputFileError
 from wonderland_jax.io_utils import atomic_directory, write_json, write_video
 from wonderland_jax.models.lalrm import LaLRM
@@ -78,7 +80,8 @@ class WonderlandPipeline:
   def load(cls, model_directory: str | os.PathLike, branch_directory: str | os.PathLike,
            lalrm_directory: str | os.PathLike, *, merge_lora: bool = False,
            compute: Compute | None = None) -> WonderlandPipeline:
-    """A converted CogVideoX pipeline (`wonderland convert cogvideox`), a camera branch (`wonderland train
+    """A converted CogVideoX pipeline (`wonderland convert cogvideox`; or a diffusers pipeline folder, converted
+    in memory), a camera branch (`wonderland train
     camera-dit`: `<workdir>/model`) and an LaLRM (`wonderland train lalrm`: `<workdir>/model`). Raises
     `InputFileError` naming the directory at fault; the LaLRM is checked against the VAE's config before the
     video model loads. `compute`: dtype, attention and mesh of every model (`parallel.compute`; default
@@ -90,8 +93,12 @@ class WonderlandPipeline:
     compute = Compute.create() if compute is None else compute
     with compute.loading():
       lalrm = compute.cast(checkpoints.load(lalrm_directory, overrides=compute.overrides()))
-    read_pipeline(model_directory)  # its own message when model_directory is not a converted pipeline
-    vae_config = VAEConfig.from_diffusers(checkpoints.read_description(Path(model_directory) / "vae")[1])
+    if is_diffusers_pipeline(model_directory):  # converted in memory by the video pipeline below
+      vae_json = Path(model_directory) / "vae" / "config.json"
+      vae_config = VAEConfig.from_diffusers(json.loads(vae_json.read_text()), where=str(vae_json))
+    else:
+      read_pipeline(model_directory)  # its own message when model_directory is not a converted pipeline
+      vae_config = VAEConfig.from_diffusers(checkpoints.read_description(Path(model_directory) / "vae")[1])
     check_vae(lalrm.config, vae_config, str(lalrm_directory), str(model_directory))
     video = CameraVideoPipeline.load(model_directory, branch_directory, merge_lora=merge_lora, compute=compute)
     return cls(video, lalrm, *checkpoints.pose_normalization(lalrm_directory))

@@ -75,6 +75,35 @@ def get_converter(name: str) -> Converter:
   return entry
 
 
+def _source_and_config(converter: Converter, src) -> tuple[TensorSource, dict]:
+  source = open_source(src, converter.subfolder)
+  try:
+    return source, converter.config_from_source(source.config)
+  except InputFileError:
+    raise
+  except WonderlandError as e:  # a field the model refuses
+    raise InputFileError(f"{source.config_path}: {e}") from None
+  except (KeyError, TypeError, ValueError) as e:
+    raise InputFileError(f"{source.config_path}: cannot make a {converter.name} config from it: {e!r}") from e
+
+
+def load_converted(name: str, src: str | os.PathLike, *, dtype: Any = "float32",
+                   overrides: dict | None = None) -> nnx.Module:
+  """The `name` model of a diffusers folder `src`, converted in memory (nothing written): the tensors are read
+  one at a time, cast to `dtype` and placed as they are converted, so host memory peaks near one copy of the
+  model in `dtype`. overrides: model-config fields to build it with (`Compute.overrides`, e.g. attention)."""
+  converter = get_converter(name)
+  dtype = DTYPES[dtype] if isinstance(dtype, str) and dtype in DTYPES else jnp.dtype(dtype)
+  source, config = _source_and_config(converter, src)
+  config = {**config, **{key: value for key, value in (overrides or {}).items() if key in config}}
+  abstract = checkpoints.abstract_model(converter.build, config)
+  rules = converter.rules(config) if callable(converter.rules) else converter.rules
+  state, report = convert_state(source, rules, abstract, dtype=dtype, progress_desc=f"convert {name}")
+  logger.info("converted %s in memory from %s: %d parameters, %.1fs", name, source.path, report.num_params,
+              report.elapsed_s)
+  return checkpoints.instantiate(converter.build, config, state)
+
+
 def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
             dtype: Any = "float32") -> ConversionReport:
   """Converts the `name` model found in `src` (a model folder or a pipeline root) into a checkpoint at `out`.
@@ -90,15 +119,7 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwr
       raise WonderlandError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     dtype = DTYPES[dtype]
   checkpoints.check_output(out, overwrite)
-  source = open_source(src, converter.subfolder)
-  try:
-    config = converter.config_from_source(source.config)
-  except InputFileError:
-    raise
-  except WonderlandError as e:  # a field the model refuses
-    raise InputFileError(f"{source.config_path}: {e}") from None
-  except (KeyError, TypeError, ValueError) as e:
-    raise InputFileError(f"{source.config_path}: cannot make a {name} config from it: {e!r}") from e
+  source, config = _source_and_config(converter, src)
   abstract = checkpoints.abstract_model(converter.build, config)
   size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   check_free_space(out, 1.05 * size * np.dtype(dtype).itemsize)  # before minutes of reading
@@ -113,4 +134,4 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, overwr
 
 
 __all__ = ["CONVERTERS", "ConversionError", "ConversionReport", "Converter", "Rule", "TensorSource", "convert",
-           "convert_state", "get_converter", "open_source"]
+           "convert_state", "get_converter", "load_converted", "open_source"]

@@ -40,12 +40,14 @@ from wonderland_jax.errors import InputFileError
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
-# Searched in this order; the first that exists is used.
+# Searched in this order; the first that exists is used. A sharded index wins over a single file beside it, as
+# in diffusers (`ModelMixin.from_pretrained` looks for the index first) and transformers: a stale single file
+# left by an earlier save would otherwise be read while diffusers reads the shards (a warning says so).
 WEIGHTS_NAMES = (
-  "diffusion_pytorch_model.safetensors",
   "diffusion_pytorch_model.safetensors.index.json",
-  "model.safetensors",
+  "diffusion_pytorch_model.safetensors",
   "model.safetensors.index.json",
+  "model.safetensors",
 )
 # safetensors dtype name -> numpy dtype (little-endian, as the format stores it).
 DTYPES: dict[str, np.dtype] = {
@@ -285,6 +287,10 @@ def open_source(path: str | os.PathLike, subfolder: str | None = None) -> Tensor
     found = f"; found only {', '.join(others)}" if others else ""
     raise InputFileError(f"{folder}: no weights file: looked for {', '.join(WEIGHTS_NAMES)}{found}")
   weights = folder / name
+  single = folder / name.removesuffix(".index.json")
+  if name.endswith(".index.json") and single.is_file():
+    logger.warning("%s: has both %s and the sharded %s; reading the shards, as diffusers does (%s is ignored: "
+                   "remove it if it is stale)", folder, single.name, name, single.name)
   if name.endswith(".index.json"):
     files, entries = _sharded_entries(folder, weights)
   else:

@@ -48,6 +48,8 @@ class VideoPipeline:
     """The converted pipeline in `directory`, built and placed as `compute` says (default `Compute.create()`)."""
     directory = Path(directory)
     compute = Compute.create() if compute is None else compute
+    if is_diffusers_pipeline(directory):
+      return cls._from_diffusers(directory, compute)
     components = read_pipeline(directory)["components"]
     missing = [name for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
                if name not in components]
@@ -66,6 +68,31 @@ class VideoPipeline:
           compute.cast(checkpoints.load(directory / name, kind=kind, overrides=overrides))
           for name, kind in (("transformer", "cogvideox_transformer"), ("vae", "cogvideox_vae"),
                              ("text_encoder", "t5_encoder")))
+    return cls(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+               scheduler=scheduler, compute=compute)
+
+  @classmethod
+  def _from_diffusers(cls, directory: Path, compute: Compute) -> VideoPipeline:
+    """A diffusers CogVideoX pipeline folder converted in memory (`convert.load_converted`: nothing written)."""
+    from wonderland_jax.convert import load_converted  # noqa: PLC0415 (the converters, only for this)
+    missing = [name for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+               if not (directory / name).is_dir()]
+    if missing:
+      raise InputFileError(f"{directory}: a diffusers pipeline without {', '.join(name + '/' for name in missing)}")
+    scheduler_json = directory / "scheduler" / "scheduler_config.json"
+    try:
+      scheduler = SchedulerConfig.from_diffusers(json.loads(scheduler_json.read_text()))
+    except FileNotFoundError:
+      raise InputFileError(f"{scheduler_json}: not found") from None
+    tokenizer = T5Tokenizer.from_folder(directory / "tokenizer")
+    if compute.mesh is not None:
+      raise WonderlandError(f"{directory}: --mesh needs a converted pipeline (`wonderland convert cogvideox`), "
+                            "whose params load straight onto the mesh")
+    transformer, vae, text_encoder = (load_converted(name, directory, dtype=compute.dtype if compute.dtype in
+                                                     ("float32", "bfloat16") else "float32",
+                                                     overrides=compute.overrides())
+                                      for name in ("transformer", "vae", "text_encoder"))
+    transformer, vae, text_encoder = (compute.cast(model) for model in (transformer, vae, text_encoder))
     return cls(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                scheduler=scheduler, compute=compute)
 
@@ -128,6 +155,16 @@ class VideoPipeline:
 @nnx.jit(static_argnames="tiled")
 def _decode(vae, latents, tiled=False):
   return vae.decode(latents, tiled=tiled)
+
+
+def is_diffusers_pipeline(directory: str | os.PathLike) -> bool:
+  """Whether `directory` is a diffusers pipeline folder (model_index.json, or transformer/, vae/, text_encoder/
+  with their config.json) rather than a converted one (wonderland_pipeline.json)."""
+  directory = Path(directory)
+  if (directory / "wonderland_pipeline.json").is_file():
+    return False
+  return (directory / "model_index.json").is_file() or all(
+      (directory / name / "config.json").is_file() for name in ("transformer", "vae", "text_encoder"))
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
