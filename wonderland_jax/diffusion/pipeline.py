@@ -45,17 +45,25 @@ class VideoPipeline:
 
   @classmethod
   def load(cls, directory: str | os.PathLike, *, compute: Compute | None = None) -> VideoPipeline:
-    """The converted pipeline in `directory`, built and placed as `compute` says (default `Compute.create()`)."""
+    """The converted pipeline in `directory` (or a diffusers pipeline folder, converted in memory), built and
+    placed as `compute` says (default `Compute.create()`)."""
     directory = Path(directory)
     compute = Compute.create() if compute is None else compute
-    if is_diffusers_pipeline(directory):
-      return cls._from_diffusers(directory, compute)
-    components = read_pipeline(directory)["components"]
-    missing = [name for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-               if name not in components]
-    if missing:
-      raise InputFileError(f"{directory}: the converted pipeline lacks {', '.join(missing)}; convert it with "
-                           "`wonderland convert cogvideox` and all components")
+    diffusers = is_diffusers_pipeline(directory)
+    needed = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    if diffusers:  # converted in memory below (`convert.load_converted`: nothing written)
+      missing = [name + "/" for name in needed if not (directory / name).is_dir()]
+      if missing:
+        raise InputFileError(f"{directory}: a diffusers pipeline without {', '.join(missing)}")
+      if compute.mesh is not None:
+        raise WonderlandError(f"{directory}: --mesh needs a converted pipeline (`wonderland convert cogvideox`), "
+                              "whose params load straight onto the mesh")
+    else:
+      components = read_pipeline(directory)["components"]
+      missing = [name for name in needed if name not in components]
+      if missing:
+        raise InputFileError(f"{directory}: the converted pipeline lacks {', '.join(missing)}; convert it with "
+                             "`wonderland convert cogvideox` and all components")
     scheduler_json = directory / "scheduler" / "scheduler_config.json"
     try:
       scheduler = SchedulerConfig.from_diffusers(json.loads(scheduler_json.read_text()))
@@ -63,36 +71,15 @@ class VideoPipeline:
       raise InputFileError(f"{scheduler_json}: not found") from None
     tokenizer = T5Tokenizer.from_folder(directory / "tokenizer")
     overrides = compute.overrides()
-    with compute.loading():
-      transformer, vae, text_encoder = (
-          compute.cast(checkpoints.load(directory / name, kind=kind, overrides=overrides))
-          for name, kind in (("transformer", "cogvideox_transformer"), ("vae", "cogvideox_vae"),
-                             ("text_encoder", "t5_encoder")))
-    return cls(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-               scheduler=scheduler, compute=compute)
-
-  @classmethod
-  def _from_diffusers(cls, directory: Path, compute: Compute) -> VideoPipeline:
-    """A diffusers CogVideoX pipeline folder converted in memory (`convert.load_converted`: nothing written)."""
-    from wonderland_jax.convert import load_converted  # noqa: PLC0415 (the converters, only for this)
-    missing = [name for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-               if not (directory / name).is_dir()]
-    if missing:
-      raise InputFileError(f"{directory}: a diffusers pipeline without {', '.join(name + '/' for name in missing)}")
-    scheduler_json = directory / "scheduler" / "scheduler_config.json"
-    try:
-      scheduler = SchedulerConfig.from_diffusers(json.loads(scheduler_json.read_text()))
-    except FileNotFoundError:
-      raise InputFileError(f"{scheduler_json}: not found") from None
-    tokenizer = T5Tokenizer.from_folder(directory / "tokenizer")
-    if compute.mesh is not None:
-      raise WonderlandError(f"{directory}: --mesh needs a converted pipeline (`wonderland convert cogvideox`), "
-                            "whose params load straight onto the mesh")
-    transformer, vae, text_encoder = (load_converted(name, directory, dtype=compute.dtype if compute.dtype in
-                                                     ("float32", "bfloat16") else "float32",
-                                                     overrides=compute.overrides())
-                                      for name in ("transformer", "vae", "text_encoder"))
-    transformer, vae, text_encoder = (compute.cast(model) for model in (transformer, vae, text_encoder))
+    kinds = (("transformer", "cogvideox_transformer"), ("vae", "cogvideox_vae"), ("text_encoder", "t5_encoder"))
+    if diffusers:
+      from wonderland_jax.convert import DTYPES, load_converted  # noqa: PLC0415 (the converters, only for this)
+      dtype = compute.dtype if compute.dtype in DTYPES else "float32"  # float16: converted in fp32, then cast
+      models = [load_converted(name, directory, dtype=dtype, overrides=overrides) for name, _ in kinds]
+    else:
+      with compute.loading():
+        models = [checkpoints.load(directory / name, kind=kind, overrides=overrides) for name, kind in kinds]
+    transformer, vae, text_encoder = (compute.cast(model) for model in models)
     return cls(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                scheduler=scheduler, compute=compute)
 
